@@ -1,0 +1,5 @@
+"""Allow ``python -m dymn_edge``."""
+
+from dymn_edge.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""dymn-edge: train, export, quantize and run DyMN / EfficientAT audio taggers on edge devices.
+
+The source tree keeps one top-level folder per part (runtime/, train/, export/, calibration/);
+they install as subpackages of one namespace, ``dymn_edge``. The ``cli/`` folder is the
+package root itself (``dymn_edge/__init__.py``, ``dymn_edge/cli.py``): only the CLI sees every part.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+
+
+def _version() -> str:
+    for line in (ROOT / "cli" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("__version__ not found in cli/__init__.py")
+
+
+PARTS = ["runtime", "train", "export", "calibration"]
+SUBPACKAGES = {
+    "runtime": ["runtime.backends"],
+    "train": ["train.layers", "train.models"],
+}
+
+packages = ["dymn_edge"]
+package_dir = {"dymn_edge": "cli"}
+for part in PARTS:
+    for folder in [part] + SUBPACKAGES.get(part, []):
+        name = "dymn_edge." + folder
+        packages.append(name)
+        package_dir[name] = folder.replace(".", "/")
+
+TORCH = "torch>=2.1"  # install torch==2.13.0 first on machines with a local CPU wheel (see README)
+extras = {
+    "train": [TORCH, "onnx>=1.15"],
+    "export": [TORCH, "onnx>=1.15", "onnxslim>=0.1.40"],
+    "openvino": ["openvino>=2024.0"],
+    "mic": ["sounddevice>=0.4.6"],
+    "tensorrt": ["tensorrt>=8.5", "cuda-python>=12.0"],
+    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scipy>=1.10"],
+}
+extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("tensorrt", "dev") for req in reqs})
+
+setup(
+    name="dymn-edge",
+    version=_version(),
+    description="Edge deployment toolchain for DyMN / EfficientAT audio tagging models",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=packages,
+    package_dir=package_dir,
+    package_data={
+        "dymn_edge.runtime": ["assets/*.csv", "assets/*.flac", "assets/*.txt", "assets/models/*/*"],
+    },
+    include_package_data=False,
+    install_requires=[
+        "numpy>=1.23",
+        "soundfile>=0.12",
+        "soxr>=0.3",
+        "onnxruntime>=1.16",
+        "click>=8.1",
+        "rich>=13.0",
+    ],
+    extras_require=extras,
+    entry_points={"console_scripts": ["dymn-edge = dymn_edge.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Analysis",
+    ],
+)

@@ -1,0 +1,274 @@
+"""Model bundles: a folder with the model file(s) and a ``manifest.json`` that describes them.
+
+The manifest carries everything a device needs to run the model without its source code:
+architecture (family, width, classes), labels, frontend parameters, window length, precision,
+export strategy, the producing tool versions and the sha256 of every payload file. The runtime
+validates a bundle before use and refuses a tampered or incomplete one.
+
+Layout::
+
+    mn04_as/
+      manifest.json
+      model.onnx        role "onnx"
+      model.pt          role "checkpoint" (optional: lets the torch backend run the same bundle)
+      labels.csv        role "labels"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .checksum import sha256_file
+from .errors import BundleError, ChecksumError
+from .frontend import FrontendConfig
+from .labels import LabelSet, read_labels, write_labels
+
+__all__ = [
+    "MANIFEST_NAME",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ROLES",
+    "Bundle",
+    "is_bundle",
+    "load_bundle",
+    "write_bundle",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "dymn-edge-bundle"
+FORMAT_VERSION = 1
+# What a payload file is for; a bundle holds at most one file per role.
+ROLES = ("onnx", "checkpoint", "labels", "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache")
+MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "name": str,
+    "family": str,
+    "width": (int, float),
+    "num_classes": int,
+    "frontend": dict,
+    "window_s": (int, float),
+    "precision": str,
+    "export_strategy": str,
+    "producer": dict,
+    "files": dict,
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def family(self) -> str:
+        return self.manifest["family"]
+
+    @property
+    def width(self) -> float:
+        return float(self.manifest["width"])
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["num_classes"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    @property
+    def export_strategy(self) -> str:
+        return self.manifest["export_strategy"]
+
+    @property
+    def window_s(self) -> float:
+        return float(self.manifest["window_s"])
+
+    @property
+    def frontend(self) -> FrontendConfig:
+        return FrontendConfig.from_dict(self.manifest["frontend"])
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return dict(self.manifest.get("architecture", {}))
+
+    def file(self, role: str) -> Path | None:
+        """Path of the payload with this role, or None when the bundle has none."""
+        for name, entry in self.manifest["files"].items():
+            if entry["role"] == role:
+                return self.path / name
+        return None
+
+    def require(self, role: str, hint: str = "") -> Path:
+        path = self.file(role)
+        if path is None:
+            have = sorted({e["role"] for e in self.manifest["files"].values()})
+            raise BundleError(f"{self.path}: bundle has no {role!r} file (it has {', '.join(have)}){hint}")
+        return path
+
+    @property
+    def labels(self) -> LabelSet:
+        path = self.file("labels")
+        if path is None:
+            return LabelSet.placeholder(self.num_classes)
+        return read_labels(path)
+
+
+def _check_manifest(manifest: Any, where: Path) -> None:
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: manifest must be a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"{where}: 'format' is {manifest.get('format')!r}; expected {FORMAT_NAME!r}")
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise BundleError(
+            f"{where}: bundle format {version} was written by a newer dymn-edge; "
+            f"this version reads format {FORMAT_VERSION}. Upgrade dymn-edge."
+        )
+    for key, kind in _REQUIRED.items():
+        if key not in manifest:
+            raise BundleError(f"{where}: manifest lacks required key {key!r}")
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise BundleError(f"{where}: manifest key {key!r} must be {expected}, got {manifest[key]!r}")
+    if manifest["precision"] not in PRECISIONS:
+        raise BundleError(f"{where}: precision {manifest['precision']!r} is not one of {PRECISIONS}")
+    try:
+        FrontendConfig.from_dict(manifest["frontend"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{where}: invalid 'frontend': {e}") from e
+    roles = []
+    for name, entry in manifest["files"].items():
+        _check_file_name(name, where)
+        if not isinstance(entry, dict) or not {"sha256", "bytes", "role"} <= set(entry):
+            raise BundleError(f"{where}: files[{name!r}] must have 'sha256', 'bytes' and 'role'")
+        if entry["role"] not in ROLES:
+            raise BundleError(f"{where}: files[{name!r}] has unknown role {entry['role']!r}; expected one of {ROLES}")
+        roles.append(entry["role"])
+    duplicated = {r for r in roles if roles.count(r) > 1}
+    if duplicated:
+        raise BundleError(f"{where}: more than one file with role(s) {sorted(duplicated)}")
+    if not set(roles) & set(MODEL_ROLES):
+        raise BundleError(f"{where}: bundle lists no model file (one of roles {MODEL_ROLES})")
+
+
+def _check_file_name(name: str, where: Path) -> None:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or name != p.name:
+        raise BundleError(f"{where}: file name {name!r} must be a plain name inside the bundle folder")
+
+
+def is_bundle(path: str | Path) -> bool:
+    """True for a folder that has a manifest (validity is checked by load_bundle)."""
+    path = Path(path)
+    return path.is_dir() and (path / MANIFEST_NAME).is_file()
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Read and validate a bundle.
+
+    Args:
+        path: the bundle folder.
+        verify: check size and sha256 of every payload (always on in the runtime; tools that only
+            print the manifest may skip the hashing).
+
+    Raises:
+        BundleError: not a bundle, bad manifest, missing or extra-large files.
+        ChecksumError: a payload file was modified after the bundle was written.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle folder (expected a directory containing {MANIFEST_NAME})")
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: incomplete bundle: {MANIFEST_NAME} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path}: not valid JSON ({e})") from e
+    _check_manifest(manifest, path)
+    for name, entry in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: incomplete bundle: {name} ({entry['role']}) is listed in the manifest but missing")
+        if not verify:
+            continue
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise ChecksumError(f"{file}: size {size} bytes differs from the manifest's {entry['bytes']}; bundle was modified")
+        actual = sha256_file(file)
+        if actual != entry["sha256"]:
+            raise ChecksumError(f"{file}: sha256 mismatch: manifest says {entry['sha256']}, file has {actual}; bundle was modified")
+    bundle = Bundle(path, manifest)
+    if verify and bundle.file("labels") is not None and len(bundle.labels) != bundle.num_classes:
+        raise BundleError(f"{path}: labels.csv has {len(bundle.labels)} classes; manifest says {bundle.num_classes}")
+    return bundle
+
+
+def write_bundle(
+    dest: str | Path,
+    files: dict[str, tuple[str | Path, str]],
+    metadata: dict[str, Any],
+    *,
+    labels: LabelSet | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Write a bundle atomically (a temporary folder renamed into place).
+
+    Args:
+        dest: bundle folder to create.
+        files: bundle file name -> (source path, role); sources are copied.
+        metadata: manifest keys other than ``format``, ``format_version`` and ``files``.
+        labels: written as ``labels.csv`` (role ``labels``) when given.
+        overwrite: replace an existing bundle at ``dest``.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        if not overwrite:
+            raise BundleError(f"{dest}: already exists; pass overwrite=True (--force) to replace it")
+        if not is_bundle(dest):
+            raise BundleError(f"{dest}: exists and is not a bundle; refusing to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        entries: dict[str, dict[str, Any]] = {}
+        for name, (src, role) in files.items():
+            _check_file_name(name, dest)
+            shutil.copyfile(src, tmp / name)
+            entries[name] = {"role": role}
+        if labels is not None:
+            write_labels(labels, tmp / "labels.csv")
+            entries["labels.csv"] = {"role": "labels"}
+        for name, entry in entries.items():
+            entry["bytes"] = (tmp / name).stat().st_size
+            entry["sha256"] = sha256_file(tmp / name)
+        manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata, "files": entries}
+        _check_manifest(manifest, dest)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; a bundle is shared data
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote bundle %s (%s)", dest, ", ".join(f"{n}: {e['role']}" for n, e in entries.items()))
+    return load_bundle(dest)

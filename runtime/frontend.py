@@ -1,0 +1,196 @@
+"""EfficientAT's log-mel frontend in numpy: the reference every other frontend is tested against.
+
+Pipeline (EfficientAT ``models/preprocess.py``, ``AugmentMelSTFT`` in eval mode):
+pre-emphasis ``y[n] = x[n+1] - 0.97 x[n]`` (one sample shorter), centred STFT with reflect
+padding, symmetric Hann window of 800 samples zero-padded to 1024, power spectrum, Kaldi-style
+mel filterbank (linear in mel, 0-15 kHz, no area normalisation), ``ln(x + 1e-5)`` and the
+"fast normalisation" ``(x + 4.5) / 5``.
+
+The filterbank is computed from the Kaldi formula here rather than taken from torchaudio
+(unavailable on our targets) or librosa (a heavy dependency for 20 lines of arithmetic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import AudioFormatError
+
+__all__ = [
+    "SAMPLE_RATE",
+    "N_FFT",
+    "WIN_LENGTH",
+    "HOP_LENGTH",
+    "N_MELS",
+    "FrontendConfig",
+    "LogMel",
+    "kaldi_mel_banks",
+    "log_mel",
+    "n_frames",
+]
+
+SAMPLE_RATE = 32000  # Hz: every EfficientAT model is trained at 32 kHz
+N_FFT = 1024  # samples: FFT size (32 ms)
+WIN_LENGTH = 800  # samples: analysis window (25 ms), zero-padded to N_FFT
+HOP_LENGTH = 320  # samples: 10 ms per frame, so 10 s -> 1000 frames
+N_MELS = 128  # mel bands
+F_MIN = 0.0  # Hz
+F_MAX = SAMPLE_RATE // 2 - 2000 // 2  # Hz: 15 kHz, EfficientAT's default (fmax_aug_range 2000)
+PREEMPHASIS = 0.97
+LOG_OFFSET = 1e-5
+NORM_SHIFT = 4.5  # (log-mel + 4.5) / 5: EfficientAT's "fast normalisation"
+NORM_SCALE = 5.0
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Parameters of the log-mel frontend; stored in every bundle manifest."""
+
+    sample_rate_hz: int = SAMPLE_RATE
+    n_fft: int = N_FFT
+    win_length: int = WIN_LENGTH
+    hop_length: int = HOP_LENGTH
+    n_mels: int = N_MELS
+    f_min_hz: float = F_MIN
+    f_max_hz: float = float(F_MAX)
+    preemphasis: float = PREEMPHASIS
+    log_offset: float = LOG_OFFSET
+    norm_shift: float = NORM_SHIFT
+    norm_scale: float = NORM_SCALE
+
+    def __post_init__(self) -> None:
+        if not 0 < self.win_length <= self.n_fft:
+            raise ValueError(f"win_length must be in (0, n_fft={self.n_fft}], got {self.win_length}")
+        if not 0 <= self.f_min_hz < self.f_max_hz <= self.sample_rate_hz / 2:
+            raise ValueError(
+                f"need 0 <= f_min_hz < f_max_hz <= {self.sample_rate_hz / 2}, "
+                f"got f_min_hz={self.f_min_hz}, f_max_hz={self.f_max_hz}"
+            )
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest input the frontend accepts: one analysis window."""
+        return self.win_length
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FrontendConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown frontend parameters {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+def _mel(freq_hz: np.ndarray | float) -> np.ndarray:
+    """Kaldi's mel scale: 1127 ln(1 + f/700)."""
+    return 1127.0 * np.log1p(np.asarray(freq_hz, dtype=np.float64) / 700.0)
+
+
+@lru_cache(maxsize=16)
+def kaldi_mel_banks(
+    n_mels: int = N_MELS,
+    n_fft: int = N_FFT,
+    sample_rate_hz: int = SAMPLE_RATE,
+    f_min_hz: float = F_MIN,
+    f_max_hz: float = float(F_MAX),
+) -> np.ndarray:
+    """Kaldi mel filterbank with a zero Nyquist column, as EfficientAT builds it.
+
+    Triangles are linear in mel with peak 1; FFT bin i sits at i * sr / n_fft for
+    i < n_fft / 2 and the Nyquist bin gets weight 0 (torchaudio's ``get_mel_banks`` + pad).
+
+    Returns:
+        (n_mels, n_fft // 2 + 1) float64, read-only.
+    """
+    n_bins = n_fft // 2
+    mel_lo, mel_hi = _mel(f_min_hz), _mel(f_max_hz)
+    delta = (mel_hi - mel_lo) / (n_mels + 1)
+    edges = mel_lo + delta * np.arange(n_mels + 2, dtype=np.float64)
+    left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    mel_bins = _mel(sample_rate_hz / n_fft * np.arange(n_bins, dtype=np.float64))[None, :]
+    up = (mel_bins - left) / (center - left)
+    down = (right - mel_bins) / (right - center)
+    banks = np.maximum(0.0, np.minimum(up, down))
+    banks = np.concatenate([banks, np.zeros((n_mels, 1))], axis=1)
+    banks.setflags(write=False)
+    return banks
+
+
+@lru_cache(maxsize=16)
+def _padded_window(win_length: int, n_fft: int) -> np.ndarray:
+    """Symmetric Hann window (torch ``periodic=False``) centred in n_fft zeros, as torch.stft pads it."""
+    n = np.arange(win_length, dtype=np.float64)
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / (win_length - 1))
+    left = (n_fft - win_length) // 2
+    padded = np.zeros(n_fft, dtype=np.float64)
+    padded[left : left + win_length] = window
+    padded.setflags(write=False)
+    return padded
+
+
+def n_frames(n_samples: int, config: FrontendConfig = FrontendConfig()) -> int:
+    """Frames the frontend yields for ``n_samples`` of audio: 1 + (n - 1) // hop (pre-emphasis eats one)."""
+    return 1 + (n_samples - 1) // config.hop_length
+
+
+def _power_spectrum(y: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """Centred, reflect-padded STFT power of the pre-emphasised signal; (frames, n_fft//2+1) float64."""
+    pad = config.n_fft // 2
+    padded = np.pad(y, pad, mode="reflect")
+    count = 1 + len(y) // config.hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[:: config.hop_length][:count]
+    spec = np.fft.rfft(frames * _padded_window(config.win_length, config.n_fft), axis=-1)
+    return spec.real**2 + spec.imag**2
+
+
+def log_mel(wave: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """Log-mel features of a mono waveform at ``config.sample_rate_hz``.
+
+    Args:
+        wave: (n_samples,) float array, nominally in [-1, 1]. At least one window
+            (``config.win_length`` samples, 25 ms at 32 kHz) long and finite.
+        config: frontend parameters.
+
+    Returns:
+        (n_mels, n_frames) float32 with n_frames = 1 + (n_samples - 1) // hop.
+        Digital silence gives the constant (ln(1e-5) + 4.5) / 5.
+
+    Raises:
+        AudioFormatError: input that is not 1-D, too short, or holds NaN/inf.
+    """
+    x = np.asarray(wave)
+    if x.ndim != 1:
+        raise AudioFormatError(f"expected a mono waveform of shape (n_samples,), got shape {x.shape}")
+    if x.shape[0] < config.min_samples:
+        raise AudioFormatError(
+            f"audio too short: {x.shape[0]} samples; need at least {config.min_samples} "
+            f"({1000 * config.min_samples / config.sample_rate_hz:.0f} ms at {config.sample_rate_hz} Hz)"
+        )
+    x = x.astype(np.float64, copy=False)
+    if not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise AudioFormatError(f"waveform holds {bad} NaN/inf samples of {x.shape[0]}; expected finite values")
+    y = x[1:] - config.preemphasis * x[:-1]
+    power = _power_spectrum(y, config)
+    banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate_hz, config.f_min_hz, config.f_max_hz)
+    mel = power @ banks.T  # (frames, n_mels)
+    out = (np.log(mel + config.log_offset) + config.norm_shift) / config.norm_scale
+    return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+class LogMel:
+    """Callable numpy frontend: waveform (n,) -> features (n_mels, frames) float32."""
+
+    name = "numpy"
+
+    def __init__(self, config: FrontendConfig = FrontendConfig()) -> None:
+        self.config = config
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        return log_mel(wave, self.config)

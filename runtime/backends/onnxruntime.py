@@ -1,0 +1,55 @@
+"""ONNX Runtime backend: the default on every device (CPU; CUDA when onnxruntime-gpu has it)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, BundleError
+
+__all__ = ["OnnxRuntimeBackend"]
+
+logger = logging.getLogger(__name__)
+
+# Execution providers in order of preference; only those this onnxruntime build has are used.
+_PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in _PREFERRED if p in available]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise BackendUnavailableError(f"onnxruntime has no {', '.join(missing)} here (available: {', '.join(available)})")
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad models
+            raise BundleError(f"{model_path}: onnxruntime cannot load this model: {e}") from e
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        batch = inputs[0].shape[0]
+        self.max_batch = batch if isinstance(batch, int) else None
+        self.output_name = self.session.get_outputs()[0].name
+        self.providers = self.session.get_providers()
+        logger.info(
+            "onnxruntime %s: input %s %s, providers %s, threads %s",
+            ort.__version__, self.input_name, inputs[0].shape, self.providers, threads or "default",
+        )
+
+    def infer(self, features: np.ndarray) -> np.ndarray:
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        return self.session.run([self.output_name], {self.input_name: features})[0]

@@ -1,0 +1,176 @@
+"""Audio tagging: waveform -> log-mel -> model -> sigmoid scores -> ranked labels, per clip and per window.
+
+Whole clips up to ``MAX_SINGLE_PASS_S`` run in one pass, as EfficientAT's ``inference.py`` does
+(the models are fully convolutional with global pooling, so any length works). Longer clips,
+and any request with a hop, run on sliding windows; the clip's scores are then the maximum over
+windows ("aggregation": "max"), so a short event anywhere in a long file still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .audio import load_audio
+from .backends import Backend, create_backend
+from .bundle import Bundle
+from .frontend import LogMel
+from .labels import LabelSet
+
+__all__ = ["MAX_SINGLE_PASS_S", "Segment", "Tag", "TagResult", "Tagger", "sigmoid", "top_tags", "window_bounds"]
+
+logger = logging.getLogger(__name__)
+
+MAX_SINGLE_PASS_S = 60.0  # s: longer clips are tagged on windows to bound memory
+DEFAULT_WINDOW_S = 10.0  # s: the length every EfficientAT model was trained on
+
+Frontend = Callable[[np.ndarray], np.ndarray]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic function in float64, returned as float32."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Tag:
+    index: int
+    label: str
+    score: float
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "label": self.label, "score": round(float(self.score), 6)}
+
+
+@dataclass
+class Segment:
+    start: float  # s
+    end: float  # s
+    tags: list[Tag]
+    scores: np.ndarray = field(repr=False)
+
+
+@dataclass
+class TagResult:
+    path: str
+    model: str
+    tags: list[Tag]
+    scores: np.ndarray = field(repr=False)  # (classes,) float32 sigmoid probabilities, label order
+    duration_s: float = 0.0
+    aggregation: str = "single"  # "single" pass over the clip, or "max" over windows
+    timeline: list[Segment] | None = None
+
+    def to_json(self, *, all_scores: bool = False) -> dict:
+        out: dict = {"path": self.path, "model": self.model, "tags": [t.to_json() for t in self.tags]}
+        out["duration_s"] = round(self.duration_s, 4)
+        out["aggregation"] = self.aggregation
+        if all_scores:
+            out["scores"] = [round(float(s), 6) for s in self.scores]
+        if self.timeline is not None:
+            out["timeline"] = [
+                {"start": round(s.start, 4), "end": round(s.end, 4), "tags": [t.to_json() for t in s.tags]}
+                for s in self.timeline
+            ]
+        return out
+
+
+def top_tags(scores: np.ndarray, labels: LabelSet, k: int) -> list[Tag]:
+    """The k best classes, best first (ties broken by class index)."""
+    order = np.lexsort((np.arange(len(scores)), -scores.astype(np.float64)))[:k]
+    return [Tag(int(i), labels[int(i)].name, float(scores[i])) for i in order]
+
+
+def window_bounds(n_samples: int, window: int, hop: int, min_length: int = 1) -> list[tuple[int, int]]:
+    """Sample ranges [start, end) of sliding windows over a clip.
+
+    Starts follow EfficientAT's ``windowed_inference.py`` (i * hop for i < ceil((L - W) / hop) + 1),
+    but a clip no longer than one window gives one window over the whole clip (EfficientAT returns
+    none), and the last window ends at the clip's end instead of running into zero padding.
+    A trailing window shorter than ``min_length`` samples (less than one analysis frame) is dropped.
+    """
+    if window <= 0 or hop <= 0:
+        raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
+    if n_samples <= window:
+        return [(0, n_samples)]
+    count = math.ceil((n_samples - window) / hop) + 1
+    bounds = [(i * hop, min(i * hop + window, n_samples)) for i in range(count)]
+    return [b for b in bounds if b[1] - b[0] >= min_length] or bounds[:1]
+
+
+class Tagger:
+    """A frontend, a backend and the labels the model predicts."""
+
+    def __init__(self, frontend: Frontend, backend: Backend, labels: LabelSet, *, model_name: str, sample_rate_hz: int = 32000) -> None:
+        self.frontend = frontend
+        self.backend = backend
+        self.labels = labels
+        self.model_name = model_name
+        self.sample_rate_hz = sample_rate_hz
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, backend: str = "onnxruntime", *, threads: int | None = None, device: str | None = None) -> "Tagger":
+        """The torch-free path: numpy frontend + an ONNX Runtime or OpenVINO session on the bundle."""
+        return cls(
+            LogMel(bundle.frontend), create_backend(backend, bundle, threads=threads, device=device), bundle.labels,
+            model_name=bundle.name, sample_rate_hz=bundle.frontend.sample_rate_hz,
+        )
+
+    def scores(self, wave: np.ndarray) -> np.ndarray:
+        """Sigmoid scores (classes,) float32 of one waveform in one pass."""
+        features = self.frontend(wave)[None, None]  # (1, 1, n_mels, frames)
+        logits = self.backend.infer(features)
+        if logits.shape != (1, len(self.labels)):
+            raise ValueError(f"model returned logits of shape {logits.shape}; expected (1, {len(self.labels)})")
+        return sigmoid(logits[0])
+
+    def tag(
+        self,
+        wave: np.ndarray,
+        *,
+        top_k: int = 5,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+        path: str = "<array>",
+    ) -> TagResult:
+        """Tag a mono waveform at the model's sample rate.
+
+        Args:
+            wave: (n_samples,) float32.
+            top_k: tags kept per clip and per window.
+            window_s, hop_s: sliding windows (seconds); with either one, a timeline is returned.
+                Window defaults to 10 s, hop to the window.
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        sr = self.sample_rate_hz
+        duration = len(wave) / sr
+        windowed = window_s is not None or hop_s is not None
+        if not windowed and duration <= MAX_SINGLE_PASS_S:
+            scores = self.scores(wave)
+            return TagResult(path, self.model_name, top_tags(scores, self.labels, top_k), scores, duration)
+        window_s = window_s or DEFAULT_WINDOW_S
+        hop_s = hop_s or window_s
+        if window_s <= 0 or hop_s <= 0:
+            raise ValueError(f"window and hop must be positive seconds, got window={window_s}, hop={hop_s}")
+        if not windowed:
+            logger.info("%s: %.0f s is longer than %.0f s; tagging %.0f s windows", path, duration, MAX_SINGLE_PASS_S, window_s)
+        timeline = []
+        min_length = getattr(getattr(self.frontend, "config", None), "min_samples", 1)
+        for start, end in window_bounds(len(wave), int(window_s * sr), int(hop_s * sr), min_length):
+            scores = self.scores(wave[start:end])
+            timeline.append(Segment(start / sr, end / sr, top_tags(scores, self.labels, top_k), scores))
+        clip = np.max([s.scores for s in timeline], axis=0)
+        return TagResult(
+            path, self.model_name, top_tags(clip, self.labels, top_k), clip, duration, "max", timeline if windowed else None
+        )
+
+    def tag_file(self, path: str | Path, **kwargs) -> TagResult:
+        wave = load_audio(path, self.sample_rate_hz)
+        return self.tag(wave, path=str(path), **kwargs)

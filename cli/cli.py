@@ -1,0 +1,138 @@
+"""The ``dymn-edge`` command line: a thin layer over library functions.
+
+Heavy imports (torch, onnxruntime) happen inside commands, so ``dymn-edge --help`` is instant and
+``tag`` on a bundle never loads torch. A ``DymnEdgeError`` becomes a one-line ``Error: ...`` and
+exit code 1; bad options exit 2 (click's usage errors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from dymn_edge import __version__
+from dymn_edge.runtime.errors import DymnEdgeError
+
+__all__ = ["cli", "main"]
+
+BACKEND_CHOICES = ["torch", "onnxruntime", "openvino"]
+
+
+class _Group(click.Group):
+    """Turns library errors into clean CLI errors (exit 1) instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DymnEdgeError as e:
+            raise click.ClickException(str(e)) from e
+        except FileNotFoundError as e:
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dymn-edge")
+@click.option("-v", "--verbose", count=True, help="-v for progress details, -vv for debugging.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Train, export, quantize and run DyMN / EfficientAT audio taggers on edge devices."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"verbose": verbose}
+
+
+def _positive_seconds(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be a positive number of seconds, got {value}")
+    return value
+
+
+@cli.command()
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-m", "--model", default=None, metavar="NAME|PATH|BUNDLE", help="Registry name, checkpoint (.pt) or bundle folder. Default: the embedded mn04_as.")
+@click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default=None, help="Default: onnxruntime for bundles, torch for checkpoints.")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Tags to show per clip (and per window).")
+@click.option("--window", "window_s", type=float, default=None, callback=_positive_seconds, metavar="SECONDS", help="Window length for a timeline (default 10 with --hop).")
+@click.option("--hop", "hop_s", type=float, default=None, callback=_positive_seconds, metavar="SECONDS", help="Tag sliding windows this far apart and print a timeline.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
+@click.option("--all-scores", is_flag=True, help="With --json: every class's probability, in label order.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the backend's).")
+@click.option("--device", default=None, help="OpenVINO device (CPU, GPU, NPU); default CPU.")
+def tag(audio, model, backend, top_k, window_s, hop_s, as_json, all_scores, threads, device):
+    """Tag audio files with AudioSet labels (sigmoid probabilities, best first)."""
+    from dymn_edge.loader import load_tagger
+
+    tagger = load_tagger(model, backend, threads=threads, device=device)
+    failed = 0
+    for path in audio:
+        try:
+            result = tagger.tag_file(path, top_k=top_k, window_s=window_s, hop_s=hop_s)
+        except DymnEdgeError as e:  # one bad file must not stop a batch
+            click.echo(f"Error: {e}", err=True)
+            failed += 1
+            continue
+        if as_json:
+            click.echo(json.dumps(result.to_json(all_scores=all_scores)))
+        else:
+            from dymn_edge.display import print_tag_result
+
+            print_tag_result(result)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(audio)} file(s) could not be tagged")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def models(as_json):
+    """List the model registry and what is installed locally."""
+    from dymn_edge.info import local_bundles, registry_table
+
+    rows = registry_table()
+    if as_json:
+        click.echo(json.dumps({"models": rows, "bundles": [str(p) for p in local_bundles()]}, indent=2))
+        return
+    from dymn_edge.display import print_registry
+
+    print_registry(rows, local_bundles())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--base-url", default=None, envvar="DYMN_EDGE_BASE_URL", help="Release mirror (default: EfficientAT's GitHub release; env DYMN_EDGE_BASE_URL).")
+@click.option("--sha256", default=None, metavar="HEX", help="Expected sha256, for models the registry has no pinned hash for.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def fetch(name, base_url, sha256, quiet):
+    """Download a registry model into the cache, resuming and verifying its sha256."""
+    from dymn_edge.runtime.checksum import sha256_file
+    from dymn_edge.runtime.hub import fetch as fetch_model
+
+    path = fetch_model(name, base_url=base_url, sha256=sha256, progress=not quiet)
+    click.echo(f"{name}: {path} (sha256 {sha256_file(path)})")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(model, as_json):
+    """Describe a model: registry name, checkpoint or bundle (default: the embedded model)."""
+    from dymn_edge.info import model_info
+
+    data = model_info(model)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    from dymn_edge.display import print_info
+
+    print_info(data)
+
+
+def main() -> None:
+    cli(prog_name="dymn-edge")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Human-readable terminal output (rich tables) for the CLI; JSON output lives in the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dymn_edge.runtime.tagging import Tag, TagResult
+
+__all__ = ["print_info", "print_registry", "print_tag_result"]
+
+_BAR_WIDTH = 20
+
+
+def _console() -> Console:
+    return Console(soft_wrap=False, highlight=False)
+
+
+def _bar(score: float) -> str:
+    """Unicode bar in eighths, so scores are visible at a glance."""
+    eighths = round(max(0.0, min(1.0, score)) * _BAR_WIDTH * 8)
+    full, rest = divmod(eighths, 8)
+    return "█" * full + (" ▏▎▍▌▋▊▉"[rest] if rest else "")
+
+
+def _tags_inline(tags: list[Tag]) -> str:
+    return ", ".join(f"{t.label} {t.score:.2f}" for t in tags)
+
+
+def print_tag_result(result: TagResult) -> None:
+    console = _console()
+    note = "" if result.aggregation == "single" else ", max over windows"
+    console.print(f"[bold]{result.path}[/bold]  ({result.duration_s:.1f} s, {result.model}{note})", soft_wrap=True)
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    table.add_column("", no_wrap=True)
+    for rank, t in enumerate(result.tags, 1):
+        table.add_row(str(rank), t.label, f"{t.score:.3f}", _bar(t.score))
+    console.print(table)
+    if result.timeline:
+        timeline = Table(title="timeline", title_justify="left")
+        timeline.add_column("start", justify="right")
+        timeline.add_column("end", justify="right")
+        timeline.add_column("top tags")
+        for seg in result.timeline:
+            timeline.add_row(f"{seg.start:.2f}", f"{seg.end:.2f}", _tags_inline(seg.tags))
+        console.print(timeline)
+
+
+def print_registry(rows: list[dict[str, Any]], bundles: list[Path]) -> None:
+    console = _console()
+    console.print("dymn-edge models (EfficientAT AudioSet releases)")
+    table = Table()
+    for column in ("name", "family", "width", "mAP", "size", "sha256", "installed"):
+        table.add_column(column, justify="right" if column in ("width", "mAP", "size") else "left")
+    for r in rows:
+        size = f"{r['size_bytes'] / 1e6:.1f} MB" if r["size_bytes"] else "?"
+        sha = r["sha256"][:12] + "…" if r["sha256"] else "not pinned"
+        table.add_row(r["name"], r["family"], f"{r['width']:g}", f"{r['audioset_map']:.3f}" if r["audioset_map"] else "", size, sha, r["installed"])
+    console.print(table)
+    console.print(f"release URL: {rows[0]['url'].rsplit('/', 1)[0]}/<file>   (override: --base-url or DYMN_EDGE_BASE_URL)", soft_wrap=True)
+    if bundles:
+        console.print("local bundles:")
+        for b in bundles:
+            console.print(f"  {b}")
+
+
+def print_info(data: dict[str, Any]) -> None:
+    console = _console()
+    table = Table(show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in data.items():
+        if key == "files":
+            value = "\n".join(f"{name}  {e['role']}  {e['bytes']:,} B  sha256 {e['sha256'][:16]}…" for name, e in value.items())
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = "; ".join(str(v) for v in value)
+        table.add_row(key, "" if value is None else str(value))
+    console.print(table)

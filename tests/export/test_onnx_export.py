@@ -1,0 +1,92 @@
+"""ONNX export: numerical parity with PyTorch through ONNX Runtime, for both families."""
+
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from dymn_edge.export.onnx import export_bundle, export_onnx, probe_features
+from dymn_edge.runtime.bundle import load_bundle
+from dymn_edge.runtime.errors import ExportError
+from dymn_edge.runtime.frontend import log_mel
+from dymn_edge.runtime.registry import embedded_bundle_path
+from dymn_edge.train.checkpoint import load_checkpoint
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_mn04_as_export_matches_pytorch_on_real_audio(mn04_checkpoint, fixtures_dir, tmp_path):
+    loaded = load_checkpoint(mn04_checkpoint)
+    bundle = export_bundle(loaded, tmp_path / "b", name="mn04_as")
+    session = _session(bundle.require("onnx"))
+    mel = np.load(fixtures_dir / "frontend_reference.npz")["metro_mel"]
+    for frames in (1000, 437):
+        x = mel[None, None, :, :frames]
+        with torch.no_grad():
+            expected, embedding = loaded.model(torch.from_numpy(x))
+        got, got_embedding = session.run(None, {"mel": x})
+        assert np.abs(got - expected.numpy()).max() < 1e-4
+        assert np.abs(got_embedding - embedding.numpy()).max() < 1e-4
+    batch = np.concatenate([mel[None, None]] * 3)  # dynamic batch for MobileNetV3
+    assert session.run(["logits"], {"mel": batch})[0].shape == (3, 527)
+    manifest = bundle.manifest
+    assert manifest["export_strategy"] == "static" and manifest["inputs"][0]["shape"] == ["batch", 1, 128, "frames"]
+    assert manifest["source"]["sha256"] == loaded.sha256 and manifest["parity"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_dymn04_export_matches_the_efficientat_reference(fixtures_dir, tmp_path):
+    loaded = load_checkpoint(fixtures_dir / "dymn04_reference_weights.pt")
+    assert loaded.temperature == 1.0
+    path = export_onnx(loaded.model, tmp_path / "dymn04.onnx")
+    onnx.checker.check_model(onnx.load(str(path)))
+    session = _session(path)
+    ref = np.load(fixtures_dir / "dymn04_reference.npz")
+    for i in range(3):  # batch is fixed at 1 in the grouped export
+        logits, embedding = session.run(None, {"mel": ref["input"][i : i + 1]})
+        assert np.abs(logits - ref["logits"][i : i + 1]).max() < 1e-4
+        assert np.abs(embedding - ref["embedding"][i : i + 1]).max() < 2e-4
+    assert session.get_inputs()[0].shape[0] == 1
+    with pytest.raises(ExportError, match="batch is fixed at 1"):
+        export_onnx(loaded.model, tmp_path / "x.onnx", dynamic_batch=True)
+
+
+def test_dymn_bundle_records_temperature_and_strategy(fixtures_dir, tmp_path):
+    weights = fixtures_dir / "dymn04_reference_weights.pt"
+    # The seeded weights are only stable on the input their BN statistics came from.
+    with pytest.raises(ExportError, match="PyTorch itself gives extreme logits"):
+        export_bundle(weights, tmp_path / "unstable")
+    assert not (tmp_path / "unstable").exists()
+    probe = np.load(fixtures_dir / "dymn04_reference.npz")["input"]
+    bundle = export_bundle(weights, tmp_path / "dymn04", include_checkpoint=False, probe=probe)
+    assert bundle.manifest["parity"]["max_abs_logit_diff"] < 1e-4
+    assert bundle.export_strategy == "grouped" and bundle.manifest["temperature"] == 1.0
+    assert bundle.file("checkpoint") is None and bundle.manifest["inputs"][0]["shape"][0] == 1
+
+
+def test_embedded_bundle_is_the_export_of_the_official_checkpoint(mn04_checkpoint, fixtures_dir):
+    """What ships equals what the official release computes, through the runtime's own frontend."""
+    bundle = load_bundle(embedded_bundle_path())
+    loaded = load_checkpoint(mn04_checkpoint)
+    wave = np.load(fixtures_dir / "frontend_reference.npz")["metro_wave_32k"]
+    x = log_mel(wave)[None, None]
+    with torch.no_grad():
+        expected = loaded.model(torch.from_numpy(x))[0].numpy()
+    assert np.abs(_session(bundle.require("onnx")).run(["logits"], {"mel": x})[0] - expected).max() < 1e-4
+
+
+def test_probe_features_are_the_demo_clip():
+    x = probe_features(2.0)
+    assert x.shape == (1, 1, 128, 200) and x.dtype == np.float32
+    assert -2.0 < x.min() and x.max() < 3.0 and x.std() > 0.1
+
+
+def test_label_count_must_match(mn04_checkpoint, tmp_path):
+    from dymn_edge.runtime.labels import LabelSet
+
+    with pytest.raises(ExportError, match="10 labels given for a model with 527 classes"):
+        export_bundle(mn04_checkpoint, tmp_path / "b", labels=LabelSet.placeholder(10))
+    assert not (tmp_path / "b").exists()

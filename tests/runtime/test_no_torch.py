@@ -1,0 +1,72 @@
+"""The runtime, and `dymn-edge tag` on a bundle, must work on a device with no torch at all.
+
+Each check runs in a fresh interpreter with an import hook that makes ``import torch`` fail, as on
+a device where torch is not installed, and asserts torch never entered ``sys.modules``.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dymn_edge.runtime.registry import embedded_bundle_path
+
+BLOCK_TORCH = """
+import sys, importlib.abc
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def _run(code, tmp_path):
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+
+def test_every_runtime_module_imports_without_torch(tmp_path):
+    code = """
+import pkgutil, importlib, dymn_edge.runtime as rt
+names = [m.name for m in pkgutil.walk_packages(rt.__path__, "dymn_edge.runtime.")]
+for name in names:
+    if name.endswith(".openvino"):
+        continue  # optional extra, imported lazily by the backend factory
+    importlib.import_module(name)
+assert "torch" not in sys.modules
+print(len(names))
+"""
+    proc = _run(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 12
+
+
+def test_tag_on_the_embedded_bundle_runs_without_torch(tmp_path):
+    demo = embedded_bundle_path().parent.parent / "demo" / "humpback_whale.flac"
+    code = f"""
+from dymn_edge.cli import main
+sys.argv = ["dymn-edge", "tag", "--json", {str(demo)!r}]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+assert "torch" not in sys.modules
+"""
+    proc = _run(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["model"] == "mn04_as"
+    assert result["tags"][0]["label"] == "Whale vocalization" and result["tags"][0]["score"] > 0.8
+
+
+def test_torch_backend_without_torch_says_how_to_install(tmp_path):
+    demo = embedded_bundle_path().parent.parent / "demo" / "humpback_whale.flac"
+    code = f"""
+from dymn_edge.cli import main
+sys.argv = ["dymn-edge", "tag", "--backend", "torch", {str(demo)!r}]
+main()
+"""
+    proc = _run(code, tmp_path)
+    assert proc.returncode == 1
+    assert "needs PyTorch: pip install" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,104 @@
+"""Tagging logic: windows, aggregation, ranking, JSON shape (with a deterministic stand-in backend)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dymn_edge.runtime.frontend import LogMel
+from dymn_edge.runtime.labels import LabelSet
+from dymn_edge.runtime.tagging import MAX_SINGLE_PASS_S, Tagger, sigmoid, top_tags, window_bounds
+
+
+class LoudnessBackend:
+    """Logit of class c = mean log-mel energy * (c + 1): louder windows score higher, deterministically."""
+
+    name, max_batch = "fake", None
+
+    def __init__(self, classes=4):
+        self.classes = classes
+        self.calls = []
+
+    def infer(self, features):
+        self.calls.append(features.shape)
+        energy = features.mean(axis=(1, 2, 3))
+        return np.stack([energy * (c + 1) for c in range(self.classes)], axis=1).astype(np.float32)
+
+
+@pytest.fixture
+def tagger():
+    return Tagger(LogMel(), LoudnessBackend(), LabelSet.placeholder(4), model_name="fake")
+
+
+def test_window_bounds_follow_efficientat_where_it_defines_windows(fixtures_dir):
+    cases = json.loads((fixtures_dir / "windowed_inference_cases.json").read_text())["cases"]
+    checked = 0
+    for case in cases:
+        sr = 32000
+        window, hop, length = int(case["window_s"] * sr), int(case["hop_s"] * sr), case["length_samples"]
+        ours = window_bounds(length, window, hop)
+        theirs = case["windows_start_end_s"]
+        if length > window:  # EfficientAT's formula applies: same starts, our last window ends at the clip
+            assert [s / sr for s, _ in ours] == [s for s, _ in theirs]
+            assert [e / sr for _, e in ours] == [min(e, length / sr) for _, e in theirs]
+            checked += 1
+        else:  # EfficientAT yields no window (or one padded window); we tag the whole clip once
+            assert ours == [(0, length)]
+    assert checked >= 2
+
+
+def test_window_bounds_drop_a_trailing_sliver():
+    assert window_bounds(320010, 320000, 320000, min_length=800) == [(0, 320000)]
+    assert window_bounds(320010, 320000, 320000) == [(0, 320000), (320000, 320010)]
+    with pytest.raises(ValueError, match="positive"):
+        window_bounds(10, 0, 1)
+
+
+def test_sigmoid_is_stable_and_exact():
+    x = np.array([-1000.0, -10.0, 0.0, 10.0, 1000.0])
+    np.testing.assert_allclose(sigmoid(x), 1 / (1 + np.exp(-np.clip(x, -700, 700))), rtol=1e-6, atol=1e-30)
+    assert np.isfinite(sigmoid(x)).all()
+    assert sigmoid(x).dtype == np.float32
+
+
+def test_top_tags_best_first_ties_by_index():
+    tags = top_tags(np.array([0.1, 0.9, 0.5, 0.9], np.float32), LabelSet.placeholder(4), 3)
+    assert [(t.index, t.label) for t in tags] == [(1, "class_1"), (3, "class_3"), (2, "class_2")]
+
+
+def test_whole_clip_is_one_pass(tagger, rng):
+    wave = (0.1 * rng.standard_normal(32000 * 5)).astype(np.float32)
+    result = tagger.tag(wave, top_k=2)
+    assert tagger.backend.calls == [(1, 1, 128, 500)]
+    assert result.aggregation == "single" and result.timeline is None
+    assert [t.index for t in result.tags] == ([3, 2] if result.scores[3] > 0.5 else [0, 1])
+
+
+def test_hop_gives_a_timeline_and_max_aggregation(tagger):
+    sr = 32000
+    quiet, loud = np.full(sr * 4, 1e-4, np.float32), np.full(sr * 4, 0.5, np.float32)
+    loud *= np.sign(np.sin(np.arange(len(loud))))  # a loud square-ish wave
+    result = tagger.tag(np.concatenate([quiet, loud, quiet]), top_k=4, window_s=4, hop_s=2)
+    starts = [s.start for s in result.timeline]
+    assert starts == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert [s.end for s in result.timeline] == [4.0, 6.0, 8.0, 10.0, 12.0]
+    np.testing.assert_array_equal(result.scores, np.max([s.scores for s in result.timeline], axis=0))
+    assert result.aggregation == "max"
+    doc = result.to_json(all_scores=True)
+    assert set(doc) == {"path", "model", "tags", "duration_s", "aggregation", "scores", "timeline"}
+    assert len(doc["scores"]) == 4 and doc["timeline"][2]["start"] == 4.0
+    assert all(a["score"] >= b["score"] for a, b in zip(doc["tags"], doc["tags"][1:]))
+
+
+def test_long_clips_are_windowed_without_a_timeline(tagger):
+    wave = np.zeros(int(32000 * (MAX_SINGLE_PASS_S + 5)), np.float32)
+    result = tagger.tag(wave)
+    assert result.aggregation == "max" and result.timeline is None
+    assert len(tagger.backend.calls) == 7  # 65 s in 10 s windows
+
+
+def test_bad_arguments(tagger):
+    with pytest.raises(ValueError, match="top_k"):
+        tagger.tag(np.zeros(32000, np.float32), top_k=0)
+    with pytest.raises(ValueError, match="positive"):
+        tagger.tag(np.zeros(32000, np.float32), hop_s=-1.0)

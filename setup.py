@@ -40,7 +40,7 @@ extras = {
     "openvino": ["openvino>=2024.0"],
     "mic": ["sounddevice>=0.4.6"],
     "tensorrt": ["tensorrt>=8.5", "cuda-python>=12.0"],
-    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scipy>=1.10", "scikit-learn>=1.3"],
+    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scikit-learn>=1.3"],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("tensorrt", "dev") for req in reqs})
 

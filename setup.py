@@ -69,7 +69,6 @@ setup(
     extras_require=extras,
     entry_points={"console_scripts": ["dymn-edge = dymn_edge.cli:main"]},
     classifiers=[
-        "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",
         "Topic :: Multimedia :: Sound/Audio :: Analysis",
     ],

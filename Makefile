@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q .
 
 demo: install
 	$(BIN)/dymn-edge tag runtime/assets/demo/humpback_whale.flac

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dymn_edge.runtime.machine import machine_info
 from dymn_edge.train.models import DyMN, create_model
 
 __all__ = ["MODELS", "INPUT_SHAPE", "build", "machine", "measure", "main"]
@@ -48,35 +47,6 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
     if isinstance(model, DyMN):
         model.set_temperature(1.0)
     return model
-
-
-def machine() -> dict:
-    """CPU model (from /proc/cpuinfo), core count and software versions."""
-    cpu = platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "cpu family", "model", "flags") and key not in fields:
-                fields[key] = value.strip()
-            if not line.strip() and fields:
-                break  # the first processor's block is enough
-    except OSError:
-        pass
-    cpu = fields.get("model name", cpu)
-    if "cpu family" in fields:
-        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd") if f in fields.get("flags", "").split()]
-    return {
-        "cpu": cpu,
-        "simd": simd,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def measure(models: dict[str, torch.nn.Module], *, rounds: int, warmup: int, progress: bool = True) -> dict[str, np.ndarray]:
@@ -152,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = summarize(times)
     for name, model in models.items():
         stats[name]["params"] = int(sum(p.numel() for p in model.parameters()))
-    info = machine()
+    info = machine_info()
+    info["torch_threads"] = torch.get_num_threads()
 
     from rich.console import Console
     from rich.table import Table

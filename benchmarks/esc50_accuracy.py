@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dymn_edge.runtime.machine import machine_info
 from dymn_edge.loader import load_tagger
 from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.labels import LabelSet
@@ -108,39 +108,6 @@ def read_clips(esc50_dir: Path, labels: LabelSet) -> list[Clip]:
     if not clips:
         raise ValueError(f"{labels_csv}: no clips listed")
     return clips
-
-
-def machine() -> dict:
-    """CPU model, core count and software versions, for the record."""
-    cpu = platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "cpu family", "model", "flags") and key not in fields:
-                fields[key] = value.strip()
-            if not line.strip() and fields:
-                break  # the first processor's block is enough
-    except OSError:
-        pass
-    cpu = fields.get("model name", cpu)
-    if "cpu family" in fields:
-        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd") if f in fields.get("flags", "").split()]
-    import onnxruntime
-    import torch
-
-    return {
-        "cpu": cpu,
-        "simd": simd,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def top_k(scores: np.ndarray, k: int = TOP_K) -> np.ndarray:
@@ -325,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     result = run(clips, threads=args.threads, progress=not args.no_progress)
     result["wall_s"] = time.time() - started
-    result["machine"] = machine()
+    result["machine"] = machine_info()
     result["command"] = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
     print_table(result)
 

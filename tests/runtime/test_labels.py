@@ -35,3 +35,4 @@ def test_bad_label_files(tmp_path):
         read_labels(tmp_path / "b.csv")
     with pytest.raises(KeyError, match="unknown label"):
         audioset_labels().find("Not a class")
+

@@ -38,7 +38,7 @@ def default_backend(source: ModelSource, bundle: Bundle | None) -> str:
     return "torch"
 
 
-def bundle_for_checkpoint(source: ModelSource, *, progress: bool = False) -> Bundle:
+def bundle_for_checkpoint(source: ModelSource) -> Bundle:
     """Export a checkpoint to an ONNX bundle once, cached under the cache dir by its sha256."""
     require_torch(f"running checkpoint {source.path} on an ONNX backend")
     from dymn_edge.export.onnx import export_bundle
@@ -73,5 +73,5 @@ def load_tagger(
             return torch_tagger(bundle, threads=threads)
         return torch_tagger(source.path, name=source.name, expect=source.expect, threads=threads)
     if bundle is None:
-        bundle = bundle_for_checkpoint(source, progress=progress)
+        bundle = bundle_for_checkpoint(source)
     return Tagger.from_bundle(bundle, backend, threads=threads, device=device)

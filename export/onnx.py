@@ -25,6 +25,7 @@ from dymn_edge.runtime.errors import ExportError
 from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel
 from dymn_edge.runtime.labels import LabelSet, audioset_labels
+from dymn_edge.runtime.registry import demo_clip_path
 from dymn_edge.train.checkpoint import LoadedModel, load_checkpoint
 
 __all__ = ["DEFAULT_OPSET", "PARITY_ATOL", "export_bundle", "export_onnx", "probe_features"]
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-3  # max |logit difference| accepted between PyTorch and ONNX Runtime
 SANE_LOGIT = 1e3  # |logit| above this on real audio means the model itself is numerically unstable there
-DEMO_CLIP = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "demo" / "humpback_whale.flac"
 INPUT_NAME, OUTPUT_NAMES = "mel", ("logits", "embedding")
 
 
@@ -45,7 +45,7 @@ def probe_features(seconds: float = 10.0, config: FrontendConfig = FrontendConfi
     numerically explosive, which says nothing about export quality; real audio stays in range.
     Returns (1, 1, n_mels, frames) float32.
     """
-    wave = load_audio(DEMO_CLIP, config.sample_rate_hz)
+    wave = load_audio(demo_clip_path(), config.sample_rate_hz)
     return log_mel(wave[: int(seconds * config.sample_rate_hz)], config)[None, None]
 
 

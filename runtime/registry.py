@@ -23,6 +23,7 @@ __all__ = [
     "available_models",
     "base_url",
     "cache_dir",
+    "demo_clip_path",
     "embedded_bundle_path",
     "get_card",
 ]
@@ -101,6 +102,11 @@ def cache_dir() -> Path:
         return Path(os.environ["DYMN_EDGE_CACHE"]).expanduser()
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root).expanduser() / "dymn-edge"
+
+
+def demo_clip_path() -> Path:
+    """The shipped demo recording: 10 s of NPS humpback whale song (public domain, see NOTICE)."""
+    return Path(str(resources.files(__package__).joinpath("assets", "demo", "humpback_whale.flac")))
 
 
 def embedded_bundle_path(name: str = DEFAULT_MODEL) -> Path:

@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 from fileserver import FileServer
 
-from dymn_edge.runtime.registry import embedded_bundle_path
+from dymn_edge.runtime.registry import demo_clip_path, embedded_bundle_path
 
-DEMO = embedded_bundle_path().parent.parent / "demo" / "humpback_whale.flac"
+DEMO = demo_clip_path()
 MN04_SHA = "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from dymn_edge.runtime.registry import embedded_bundle_path
+from dymn_edge.runtime.registry import demo_clip_path
 
 BLOCK_TORCH = """
 import sys, importlib.abc
@@ -43,10 +43,9 @@ print(len(names))
 
 
 def test_tag_on_the_embedded_bundle_runs_without_torch(tmp_path):
-    demo = embedded_bundle_path().parent.parent / "demo" / "humpback_whale.flac"
     code = f"""
 from dymn_edge.cli import main
-sys.argv = ["dymn-edge", "tag", "--json", {str(demo)!r}]
+sys.argv = ["dymn-edge", "tag", "--json", {str(demo_clip_path())!r}]
 try:
     main()
 except SystemExit as e:
@@ -61,10 +60,9 @@ assert "torch" not in sys.modules
 
 
 def test_torch_backend_without_torch_says_how_to_install(tmp_path):
-    demo = embedded_bundle_path().parent.parent / "demo" / "humpback_whale.flac"
     code = f"""
 from dymn_edge.cli import main
-sys.argv = ["dymn-edge", "tag", "--backend", "torch", {str(demo)!r}]
+sys.argv = ["dymn-edge", "tag", "--backend", "torch", {str(demo_clip_path())!r}]
 main()
 """
     proc = _run(code, tmp_path)

@@ -155,8 +155,8 @@ class Tagger:
         if not windowed and duration <= MAX_SINGLE_PASS_S:
             scores = self.scores(wave)
             return TagResult(path, self.model_name, top_tags(scores, self.labels, top_k), scores, duration)
-        window_s = window_s or DEFAULT_WINDOW_S
-        hop_s = hop_s or window_s
+        window_s = DEFAULT_WINDOW_S if window_s is None else window_s
+        hop_s = window_s if hop_s is None else hop_s
         if window_s <= 0 or hop_s <= 0:
             raise ValueError(f"window and hop must be positive seconds, got window={window_s}, hop={hop_s}")
         if not windowed:

@@ -100,5 +100,6 @@ def test_long_clips_are_windowed_without_a_timeline(tagger):
 def test_bad_arguments(tagger):
     with pytest.raises(ValueError, match="top_k"):
         tagger.tag(np.zeros(32000, np.float32), top_k=0)
-    with pytest.raises(ValueError, match="positive"):
-        tagger.tag(np.zeros(32000, np.float32), hop_s=-1.0)
+    for bad in ({"hop_s": -1.0}, {"window_s": 0.0}, {"window_s": 5.0, "hop_s": 0.0}):
+        with pytest.raises(ValueError, match="positive"):
+            tagger.tag(np.zeros(32000, np.float32), **bad)

@@ -8,7 +8,7 @@ import torch
 
 from dymn_edge.train.layers import DynamicConv, scheduled_temperature
 from dymn_edge.train.models import DyMNConfig, MNConfig, build_model, create_model, parse_model_name
-from seeded import seeded_reference_model, state_sha256
+from seeded_models import seeded_reference_model, state_sha256
 
 LAYOUTS = {
     "dymn04": DyMNConfig(width_mult=0.4),

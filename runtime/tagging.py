@@ -125,7 +125,10 @@ class Tagger:
     def scores(self, wave: np.ndarray) -> np.ndarray:
         """Sigmoid scores (classes,) float32 of one waveform in one pass."""
         features = self.frontend(wave)[None, None]  # (1, 1, n_mels, frames)
-        logits = self.backend.infer(features)
+        fixed = self.backend.max_batch
+        if fixed and fixed > 1:  # a model exported for a fixed batch: fill it, keep the first row
+            features = np.repeat(features, fixed, axis=0)
+        logits = self.backend.infer(features)[:1]
         if logits.shape != (1, len(self.labels)):
             raise ValueError(f"model returned logits of shape {logits.shape}; expected (1, {len(self.labels)})")
         return sigmoid(logits[0])

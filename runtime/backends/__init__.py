@@ -5,17 +5,38 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..bundle import Bundle
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, BundleError
 from .base import Backend
 
-__all__ = ["BACKENDS", "Backend", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "check_against_manifest", "create_backend"]
 
 # torch lives on the train side; the runtime only names it so errors can say where it is.
 BACKENDS = ("onnxruntime", "openvino", "torch")
 
 
+def check_against_manifest(backend: Backend, bundle: Bundle) -> None:
+    """The model file must declare what the manifest promises: (batch, 1, n_mels, frames) -> (batch, classes)."""
+    declared = bundle.manifest.get("inputs", [{}])[0].get("shape")
+    expected_in = [None, 1, bundle.frontend.n_mels, None]
+    if declared and isinstance(declared[0], int):
+        expected_in[0] = declared[0]
+    problems = []
+    if len(backend.input_shape) != 4 or any(e is not None and a != e for a, e in zip(backend.input_shape, expected_in)):
+        problems.append(f"input {backend.input_shape}, manifest expects {expected_in}")
+    if len(backend.output_shape) != 2 or backend.output_shape[1] != bundle.num_classes:
+        problems.append(f"output {backend.output_shape}, manifest says {bundle.num_classes} classes")
+    if problems:
+        raise BundleError(f"{bundle.path}: model does not match its manifest: " + "; ".join(problems))
+
+
 def create_backend(name: str, bundle: Bundle, *, threads: int | None = None, device: str | None = None) -> Backend:
-    """Open the bundle's model on backend ``name`` (onnxruntime or openvino)."""
+    """Open the bundle's model on backend ``name`` (onnxruntime or openvino), checked against the manifest."""
+    backend = _open(name, bundle, threads=threads, device=device)
+    check_against_manifest(backend, bundle)
+    return backend
+
+
+def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None) -> Backend:
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
 
@@ -24,7 +45,12 @@ def create_backend(name: str, bundle: Bundle, *, threads: int | None = None, dev
         from .openvino import OpenVinoBackend
 
         model: Path = bundle.file("openvino_xml") or bundle.require("onnx")
-        return OpenVinoBackend(model, threads=threads, device=device or "CPU")
+        # FP32 bundles stay FP32 on every device. On CPU, half-precision weights are decompressed
+        # to f32 too (the CPU plugin would otherwise compute in bf16: 0.45 logit error on mn04);
+        # GPU and NPU keep their native half precision.
+        device = device or "CPU"
+        precision = "f32" if bundle.precision == "fp32" or device.startswith("CPU") else None
+        return OpenVinoBackend(model, threads=threads, device=device, precision=precision)
     if name == "torch":
         raise BackendUnavailableError("the torch backend lives in dymn_edge.train (pip install \"dymn-edge[train]\")")
     raise BackendUnavailableError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")

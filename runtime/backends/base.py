@@ -16,9 +16,12 @@ class Backend(Protocol):
     ``infer`` takes (batch, 1, n_mels, frames) float32 and returns logits (batch, classes)
     float32. ``max_batch`` is None when any batch size works, else the fixed batch size the
     model was exported with (DyMN's faithful export folds the batch into conv groups).
+    ``input_shape`` and ``output_shape`` are what the model file declares (int, or None where dynamic).
     """
 
     name: str
     max_batch: int | None
+    input_shape: list[int | None]
+    output_shape: list[int | None]
 
     def infer(self, features: np.ndarray) -> np.ndarray: ...

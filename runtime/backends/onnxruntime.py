@@ -41,9 +41,11 @@ class OnnxRuntimeBackend:
             raise BundleError(f"{model_path}: onnxruntime cannot load this model: {e}") from e
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
-        batch = inputs[0].shape[0]
-        self.max_batch = batch if isinstance(batch, int) else None
+        self.input_shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
+        self.max_batch = self.input_shape[0]
         self.output_name = self.session.get_outputs()[0].name
+        self.output_shape = [d if isinstance(d, int) else None for d in self.session.get_outputs()[0].shape]
+        self.model_path = model_path
         self.providers = self.session.get_providers()
         logger.info(
             "onnxruntime %s: input %s %s, providers %s, threads %s",
@@ -52,4 +54,7 @@ class OnnxRuntimeBackend:
 
     def infer(self, features: np.ndarray) -> np.ndarray:
         features = np.ascontiguousarray(features, dtype=np.float32)
-        return self.session.run([self.output_name], {self.input_name: features})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: features})[0]
+        except Exception as e:  # onnxruntime's errors are untyped; they mean model and input disagree
+            raise BundleError(f"{self.model_path}: onnxruntime rejected input of shape {features.shape}: {e}") from e

@@ -130,6 +130,72 @@ def info(model, as_json):
     print_info(data)
 
 
+def _batch(ctx, param, value):
+    if value is None or value == "dynamic":
+        return value
+    try:
+        batch = int(value)
+    except ValueError:
+        batch = 0
+    if batch < 1:
+        raise click.BadParameter(f"must be 'dynamic' or a positive integer, got {value!r}")
+    return batch
+
+
+@cli.group()
+def export():
+    """Export models: PyTorch -> ONNX bundle -> OpenVINO IR."""
+
+
+@export.command("onnx")
+@click.argument("model", metavar="MODEL")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@click.option("--strategy", type=click.Choice(["grouped", "matmul", "expanded"]), default="matmul", show_default=True,
+              help="How DyMN's dynamic convolutions are written (MobileNetV3 ignores it).")
+@click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True)
+@click.option("--batch", default=None, callback=_batch, metavar="dynamic|N", help="Default: dynamic for mn, 1 for dymn.")
+@click.option("--window", "window_s", type=float, default=10.0, show_default=True, callback=_positive_seconds, metavar="SECONDS")
+@click.option("--name", default=None, help="Model name in the manifest (default: the model's).")
+@click.option("--no-checkpoint", is_flag=True, help="Leave the PyTorch checkpoint out of the bundle.")
+@click.option("--probe-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Recording to check parity on (default: the shipped demo clip).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_checkpoint, probe_audio, force):
+    """Export MODEL (registry name, checkpoint or bundle) to an ONNX bundle, parity-checked against PyTorch."""
+    from dymn_edge.export.onnx import export_bundle
+    from dymn_edge.loader import load_torch_model
+
+    loaded, default_name = load_torch_model(model)
+    batch = "default" if batch is None else None if batch == "dynamic" else batch
+    probe = None
+    if probe_audio is not None:
+        from dymn_edge.runtime.audio import load_audio
+        from dymn_edge.runtime.frontend import log_mel
+
+        wave = load_audio(probe_audio)
+        probe = log_mel(wave[: int(window_s * 32000)])[None, None]
+    bundle = export_bundle(
+        loaded, out, name=name or default_name, strategy=strategy, batch=batch, opset=opset, window_s=window_s,
+        include_checkpoint=not no_checkpoint, overwrite=force, probe=probe,
+    )
+    parity = bundle.manifest["parity"]["max_abs_logit_diff"]
+    click.echo(f"{bundle.path}: {bundle.family} {bundle.export_strategy}, opset {opset}, max |logit diff| vs PyTorch {parity:.1e}")
+
+
+@export.command("openvino")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@click.option("--fp16", is_flag=True, help="Compress weights to half precision.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+def export_openvino_cmd(bundle, out, fp16, force):
+    """Convert an ONNX bundle to OpenVINO IR (keeps the ONNX model beside it)."""
+    from dymn_edge.export.openvino import export_openvino
+
+    result = export_openvino(bundle, out, fp16=fp16, overwrite=force)
+    parity = result.manifest["openvino"]["parity"]["max_abs_logit_diff"]
+    click.echo(f"{result.path}: OpenVINO IR ({result.precision}), max |logit diff| vs ONNX Runtime {parity:.1e}")
+
+
 def main() -> None:
     cli(prog_name="dymn-edge")
 

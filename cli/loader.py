@@ -17,7 +17,7 @@ from dymn_edge.runtime.resolve import ModelSource, resolve_model
 from dymn_edge.runtime.checksum import sha256_file
 from dymn_edge.runtime.tagging import Tagger
 
-__all__ = ["bundle_for_checkpoint", "default_backend", "load_tagger", "require_torch"]
+__all__ = ["bundle_for_checkpoint", "default_backend", "load_tagger", "load_torch_model", "require_torch"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +75,16 @@ def load_tagger(
     if bundle is None:
         bundle = bundle_for_checkpoint(source)
     return Tagger.from_bundle(bundle, backend, threads=threads, device=device)
+
+
+def load_torch_model(spec: str | Path):
+    """A registry name, checkpoint or bundle (with its checkpoint) as a loaded PyTorch model."""
+    require_torch("exporting a model")
+    from dymn_edge.train.checkpoint import load_checkpoint
+
+    source = resolve_model(spec)
+    if source.kind == "bundle":
+        bundle = load_bundle(source.path)
+        path = bundle.require("checkpoint", hint="; exporting needs the PyTorch checkpoint")
+        return load_checkpoint(path, temperature=bundle.manifest.get("temperature")), bundle.name
+    return load_checkpoint(source.path, expect=source.expect), source.name

@@ -1,10 +1,9 @@
-"""PyTorch -> ONNX bundle: export, check, verify numerical parity, write the manifest.
+"""PyTorch -> ONNX bundle: rewrite for a strategy, export, simplify, check parity, write the manifest.
 
-This is the faithful export ("grouped": DyMN's per-sample kernels are computed at run time and
-applied as one grouped convolution with the batch folded into the groups, so a DyMN bundle has
-a fixed batch of 1). MobileNetV3 models export with a dynamic batch. Both take any number of
-frames. Parity against PyTorch is measured on realistic log-mels at export time and recorded in
-the manifest; a bundle whose parity exceeds the tolerance is not written.
+MobileNetV3 models export as they are. DyMN models first go through ``strategies.prepare_for_export``
+(``grouped`` is the faithful form; see that module). Every export is checked with onnx's checker,
+shape-inferred, simplified with onnxslim when it is installed, and compared with PyTorch through
+ONNX Runtime on real audio; a bundle whose logits differ by more than ``PARITY_ATOL`` is not written.
 """
 
 from __future__ import annotations
@@ -20,20 +19,22 @@ import torch
 from torch import nn
 
 from dymn_edge import __version__
+from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.bundle import Bundle, write_bundle
 from dymn_edge.runtime.errors import ExportError
-from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel
 from dymn_edge.runtime.labels import LabelSet, audioset_labels
 from dymn_edge.runtime.registry import demo_clip_path
 from dymn_edge.train.checkpoint import LoadedModel, load_checkpoint
+
+from .strategies import STRATEGIES, prepare_for_export
 
 __all__ = ["DEFAULT_OPSET", "PARITY_ATOL", "export_bundle", "export_onnx", "probe_features"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
-PARITY_ATOL = 1e-3  # max |logit difference| accepted between PyTorch and ONNX Runtime
+PARITY_ATOL = 1e-4  # max |logit difference| accepted between PyTorch and ONNX Runtime
 SANE_LOGIT = 1e3  # |logit| above this on real audio means the model itself is numerically unstable there
 INPUT_NAME, OUTPUT_NAMES = "mel", ("logits", "embedding")
 
@@ -49,41 +50,97 @@ def probe_features(seconds: float = 10.0, config: FrontendConfig = FrontendConfi
     return log_mel(wave[: int(seconds * config.sample_rate_hz)], config)[None, None]
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool | None = None) -> Path:
-    """Trace ``model`` to ONNX with a dynamic frame axis (and batch axis unless it is DyMN).
+def _family(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "family", "")
 
-    Returns the path; raises ExportError with the exporter's message on failure.
+
+def _first_line(e: BaseException) -> str:
+    """An exporter error without the multi-megabyte TorchScript IR dump torch appends."""
+    text = str(e).split("Torch IR graph at exception")[0].strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _simplify(path: Path) -> None:
+    try:
+        import onnxslim
+    except ImportError:
+        logger.info("onnxslim not installed; skipping graph simplification (pip install \"dymn-edge[export]\")")
+        return
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slim = onnxslim.slim(str(path))
+    onnx.save(slim, str(path))
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    strategy: str = "grouped",
+    batch: int | None = 1,
+    opset: int = DEFAULT_OPSET,
+    window_s: float = 10.0,
+    simplify: bool = True,
+) -> Path:
+    """Export ``model`` to ONNX with a dynamic frame axis.
+
+    Args:
+        strategy: how DyMN's dynamic convolutions are written (``grouped``, ``matmul``, ``expanded``);
+            ignored for MobileNetV3.
+        batch: fixed batch size, or None for a dynamic batch axis (not with ``grouped``).
+        opset: ONNX opset; the written file is checked to carry exactly this opset.
+        window_s: length of the example input used for tracing.
+
+    Raises:
+        ExportError: unknown strategy, impossible combination, or an exporter failure (first line).
     """
     import onnx
 
     path = Path(path)
-    is_dymn = getattr(getattr(model, "config", None), "family", "") == "dymn"
-    if dynamic_batch is None:
-        dynamic_batch = not is_dymn
-    if dynamic_batch and is_dymn:
-        raise ExportError("the grouped DyMN export folds the batch into conv groups, so its batch is fixed at 1")
+    if batch is not None and batch < 1:
+        raise ExportError(f"batch must be >= 1 or dynamic, got {batch}")
+    export_model = prepare_for_export(model.eval(), strategy, dynamic_batch=batch is None).eval()
     axes: dict[str, dict[int, str]] = {INPUT_NAME: {3: "frames"}}
-    if dynamic_batch:
+    if batch is None:
         axes = {INPUT_NAME: {0: "batch", 3: "frames"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
-    example = torch.from_numpy(probe_features())
-    model = model.eval()
+    example = torch.from_numpy(np.repeat(probe_features(window_s), batch or 2, axis=0))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer chatter about Python bools and the legacy exporter
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset,
+                export_model, (example,), str(path), dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
             )
+    except Exception as e:  # torch.onnx raises many unrelated types
+        raise ExportError(f"ONNX export at opset {opset} failed: {_first_line(e)}") from e
+    try:
         proto = onnx.load(str(path))
+        written = {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")}
+        if written != {opset}:
+            raise ExportError(f"asked for opset {opset} but the exporter wrote {sorted(written)}")
         onnx.checker.check_model(proto)
         onnx.save(onnx.shape_inference.infer_shapes(proto), str(path))
-    except Exception as e:  # torch.onnx and onnx raise many unrelated types
-        raise ExportError(f"ONNX export of {type(model).__name__} failed: {e}") from e
+        if simplify:
+            _simplify(path)
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"exported ONNX model failed checking: {_first_line(e)}") from e
     return path
 
 
-def _parity(model: nn.Module, onnx_path: Path, probes: list[np.ndarray]) -> float:
-    """Max |logit difference| between PyTorch and ONNX Runtime over the probe inputs."""
+def _parity_probes(batch: int | None, window_s: float) -> list[np.ndarray]:
+    """Real-audio inputs in every shape the export must serve: two lengths, and batch > 1 when allowed."""
+    full, short = probe_features(window_s), probe_features(min(window_s, 3.7))
+    if batch is None:
+        return [full, short, np.concatenate([full, full[..., ::-1].copy(), full * 0.9])]
+    return [np.concatenate([full] * batch), np.concatenate([short] * batch)]
+
+
+def measure_parity(model: nn.Module, onnx_path: Path, probes: list[np.ndarray]) -> float:
+    """Max |logit difference| between the original PyTorch model and ONNX Runtime over the probes."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -108,27 +165,38 @@ def export_bundle(
     dest: str | Path,
     *,
     name: str | None = None,
-    labels: LabelSet | None = None,
-    window_s: float = 10.0,
+    strategy: str = "grouped",
+    batch: int | None | str = "default",
     opset: int = DEFAULT_OPSET,
+    window_s: float = 10.0,
+    labels: LabelSet | None = None,
     include_checkpoint: bool = True,
     overwrite: bool = False,
     probe: np.ndarray | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Bundle:
-    """Export a checkpoint to an ONNX bundle (FP32, faithful "grouped" strategy for DyMN).
+    """Export a checkpoint to an FP32 ONNX bundle.
 
     Args:
         source: checkpoint path or an already loaded model.
         dest: bundle folder to write.
         name: model name in the manifest (default: the checkpoint's file stem).
-        labels: class labels; default AudioSet's 527 when the model has 527 classes, else placeholders.
+        strategy: DyMN export strategy (see ``strategies``); MobileNetV3 bundles record "static".
+        batch: fixed batch size, None for dynamic; "default" = dynamic for MobileNetV3, 1 for DyMN.
         window_s: the window length the runtime should feed the model.
+        labels: class labels; default AudioSet's 527 when the model has 527 classes, else placeholders.
         include_checkpoint: copy the checkpoint into the bundle so the torch backend can run it too.
-        probe: (N, 1, n_mels, frames) features for the parity check; default: the demo clip at 10 s and 3.7 s.
+        probe: (N, 1, n_mels, frames) features for the parity check instead of the demo clip.
     """
+    if strategy not in STRATEGIES:
+        raise ExportError(f"unknown export strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if window_s <= 0:
+        raise ExportError(f"window must be a positive number of seconds, got {window_s}")
     loaded = source if isinstance(source, LoadedModel) else load_checkpoint(source)
-    config = loaded.config
+    config, model = loaded.config, loaded.model.eval()
+    family = _family(model)
+    if batch == "default":
+        batch = None if family == "mn" else 1
     if labels is None:
         labels = audioset_labels() if config.num_classes == 527 else LabelSet.placeholder(config.num_classes)
     if len(labels) != config.num_classes:
@@ -136,20 +204,20 @@ def export_bundle(
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(loaded.model, Path(tmp) / "model.onnx", opset=opset)
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", strategy=strategy, batch=batch, opset=opset, window_s=window_s)
         if probe is not None:
-            probes = [np.ascontiguousarray(probe[i : i + 1], dtype=np.float32) for i in range(len(probe))]
-            probe_name = f"caller-supplied, {len(probes)} x {tuple(probe.shape[1:])}"
+            probes = [np.ascontiguousarray(probe[i : i + (batch or 1)], dtype=np.float32) for i in range(0, len(probe) - (batch or 1) + 1, batch or 1)]
+            probe_name = f"caller-supplied, {len(probe)} x {tuple(probe.shape[1:])}"
         else:
-            probes, probe_name = [probe_features(10.0), probe_features(3.7)], "demo clip (10 s, 3.7 s)"
-        parity = _parity(loaded.model, onnx_path, probes)
+            probes, probe_name = _parity_probes(batch, window_s), f"demo clip ({window_s:g} s and 3.7 s)"
+        parity = measure_parity(model, onnx_path, probes)
         if parity > PARITY_ATOL:
             raise ExportError(f"ONNX Runtime differs from PyTorch by {parity:.2e} in logits (tolerance {PARITY_ATOL:.0e})")
-        logger.info("exported %s: max |logit diff| vs PyTorch %.2e", loaded.path, parity)
+        logger.info("exported %s (%s): max |logit diff| vs PyTorch %.2e", loaded.path, strategy, parity)
         files = {"model.onnx": (onnx_path, "onnx")}
         if include_checkpoint:
             files["model.pt"] = (loaded.path, "checkpoint")
-        batch: int | str = "batch" if config.family == "mn" else 1
+        batch_dim: int | str = "batch" if batch is None else batch
         metadata = {
             "name": name or loaded.path.stem,
             "family": config.family,
@@ -159,12 +227,12 @@ def export_bundle(
             "frontend": FrontendConfig().to_dict(),
             "window_s": window_s,
             "precision": "fp32",
-            "export_strategy": "grouped" if config.family == "dymn" else "static",
+            "export_strategy": strategy if family == "dymn" else "static",
             "temperature": loaded.temperature,
-            "inputs": [{"name": INPUT_NAME, "shape": [batch, 1, 128, "frames"], "dtype": "float32"}],
+            "inputs": [{"name": INPUT_NAME, "shape": [batch_dim, 1, FrontendConfig().n_mels, "frames"], "dtype": "float32"}],
             "outputs": [
-                {"name": "logits", "shape": [batch, config.num_classes], "dtype": "float32"},
-                {"name": "embedding", "shape": [batch, loaded.model.embedding_dim], "dtype": "float32"},
+                {"name": "logits", "shape": [batch_dim, config.num_classes], "dtype": "float32"},
+                {"name": "embedding", "shape": [batch_dim, model.embedding_dim], "dtype": "float32"},
             ],
             "parity": {"reference": "pytorch", "max_abs_logit_diff": parity, "probe": probe_name},
             "producer": {

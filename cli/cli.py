@@ -196,6 +196,47 @@ def export_openvino_cmd(bundle, out, fp16, force):
     click.echo(f"{result.path}: OpenVINO IR ({result.precision}), max |logit diff| vs ONNX Runtime {parity:.1e}")
 
 
+def _csv(kind, choices=None):
+    def parse(ctx, param, value):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            items = [kind(v) for v in items]
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}, got {value!r}") from None
+        bad = [v for v in items if choices and v not in choices]
+        if bad or not items:
+            raise click.BadParameter(f"expected a comma-separated subset of {', '.join(map(str, choices or []))}, got {value!r}")
+        if kind is int and min(items) < 1:
+            raise click.BadParameter(f"thread counts must be >= 1, got {value!r}")
+        return items
+    return parse
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, metavar="MODEL|BUNDLE...")
+@click.option("--backend", "backends", default="torch,onnxruntime,openvino", show_default=True,
+              callback=_csv(str, BACKEND_CHOICES), help="Comma-separated backends; torch is the eager reference.")
+@click.option("--strategy", "strategies", default="grouped,matmul,expanded", show_default=True,
+              callback=_csv(str, ["grouped", "matmul", "expanded"]), help="DyMN strategies to export and compare.")
+@click.option("--threads", default="1", show_default=True, callback=_csv(int), help="Comma-separated thread counts, e.g. 1,2.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--window", "window_s", type=float, default=10.0, show_default=True, callback=_positive_seconds, metavar="SECONDS")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True, help="Interleaved rounds of 5 runs per candidate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results (with the machine) as JSON.")
+def bench(models, backends, strategies, threads, batch, window_s, rounds, as_json):
+    """Latency, throughput, real-time factor and peak RSS of models on backends, side by side."""
+    from dymn_edge.benchmark import run_benchmark
+
+    report = run_benchmark(list(models), backends=backends, strategies=strategies, threads=threads, batch=batch,
+                           window_s=window_s, rounds=rounds, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    from dymn_edge.display import print_benchmark
+
+    print_benchmark(report)
+
+
 def main() -> None:
     cli(prog_name="dymn-edge")
 

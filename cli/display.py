@@ -10,13 +10,17 @@ from rich.table import Table
 
 from dymn_edge.runtime.tagging import Tag, TagResult
 
-__all__ = ["print_info", "print_registry", "print_tag_result"]
+__all__ = ["print_benchmark", "print_info", "print_registry", "print_tag_result"]
 
 _BAR_WIDTH = 20
 
 
-def _console() -> Console:
-    return Console(soft_wrap=False, highlight=False)
+def _console(min_width: int = 0) -> Console:
+    """Wide enough for tables when output is piped (rich would otherwise assume 80 columns)."""
+    console = Console(soft_wrap=False, highlight=False)
+    if not console.is_terminal and console.width < min_width:
+        console = Console(soft_wrap=False, highlight=False, width=min_width)
+    return console
 
 
 def _bar(score: float) -> str:
@@ -83,4 +87,20 @@ def print_info(data: dict[str, Any]) -> None:
         elif isinstance(value, list):
             value = "; ".join(str(v) for v in value)
         table.add_row(key, "" if value is None else str(value))
+    console.print(table)
+
+
+def print_benchmark(report: dict[str, Any]) -> None:
+    console = _console(min_width=140)
+    m, s = report["machine"], report["settings"]
+    console.print(f"{m['cpu']}, {m['cores']} cores; batch {s['batch']}, {s['window_s']:g} s window, "
+                  f"{s['rounds']} interleaved rounds x {s['runs_per_round']} runs", soft_wrap=True)
+    table = Table()
+    for col in ("model", "backend", "strategy", "thr", "median ms", "p90 ms", "win/s", "RTF", "peak RSS", "x eager", "x grouped"):
+        table.add_column(col, justify="left" if col in ("model", "backend", "strategy") else "right")
+    for r in report["results"]:
+        ratio = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+        table.add_row(r["model"], r["backend"], r["strategy"], str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                      f"{r['windows_per_s']:.0f}", f"{r['real_time_factor']:.5f}", f"{r['peak_rss_mb']:.0f} MB",
+                      ratio(r["speedup_vs_eager"]), ratio(r["speedup_vs_grouped"]))
     console.print(table)

@@ -1,0 +1,49 @@
+"""`dymn-edge bench`: side-by-side measurement in worker processes, honest memory, clear errors."""
+
+import json
+import subprocess
+import sys
+
+from dymn_edge.runtime.registry import embedded_bundle_path
+
+
+def _bench(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dymn_edge", "bench", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
+
+
+def test_bench_json_on_the_embedded_bundle(tmp_path):
+    proc = _bench(embedded_bundle_path(), "--backend", "torch,onnxruntime", "--threads", "1", "--rounds", "2", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["machine"]["cores"] >= 1 and report["settings"]["window_s"] == 10.0
+    rows = {(r["backend"], r["strategy"]): r for r in report["results"]}
+    assert set(rows) == {("torch", "eager"), ("onnxruntime", "static")}
+    eager, ort = rows["torch", "eager"], rows["onnxruntime", "static"]
+    for row in (eager, ort):
+        assert row["runs"] == 10 and 0 < row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert abs(row["windows_per_s"] - 1000 / row["median_ms"]) < 1e-6
+        assert abs(row["real_time_factor"] - row["median_ms"] / 10000) < 1e-9
+    assert eager["speedup_vs_eager"] == 1.0 and abs(ort["speedup_vs_eager"] - eager["median_ms"] / ort["median_ms"]) < 1e-9
+    # The bundle worker never loads torch, and its peak memory is its own, not the parent's.
+    assert ort["torch_loaded"] is False and eager["torch_loaded"] is True
+    assert 30 < ort["peak_rss_mb"] < eager["peak_rss_mb"]
+
+
+def test_bench_exports_each_dymn_strategy_against_the_grouped_baseline(tmp_path, fixtures_dir):
+    proc = _bench(fixtures_dir / "dymn04_reference_weights.pt", "--backend", "onnxruntime", "--strategy", "matmul",
+                  "--window", "2", "--rounds", "1", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["strategy"]: r for r in json.loads(proc.stdout)["results"]}
+    assert set(rows) == {"grouped", "matmul"}  # the naive baseline is always measured
+    assert rows["grouped"]["speedup_vs_grouped"] == 1.0 and rows["matmul"]["speedup_vs_grouped"] > 0
+    assert rows["matmul"]["speedup_vs_eager"] is None  # torch was not asked for
+
+
+def test_bench_bad_input(tmp_path):
+    proc = _bench("mn04_as", "--backend", "tflite", cwd=tmp_path)
+    assert proc.returncode == 2 and "expected a comma-separated subset of torch, onnxruntime, openvino" in proc.stderr
+    proc = _bench("mn04_as", "--threads", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and "thread counts must be >= 1" in proc.stderr
+    proc = _bench("no_such_model", cwd=tmp_path)
+    assert proc.returncode == 1 and "unknown model 'no_such_model'" in proc.stderr

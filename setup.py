@@ -56,6 +56,7 @@ setup(
     package_dir=package_dir,
     package_data={
         "dymn_edge.runtime": ["assets/*.csv", "assets/*.flac", "assets/*.txt", "assets/models/*/*"],
+        "dymn_edge.export": ["assets/*.json"],
     },
     include_package_data=False,
     install_requires=[

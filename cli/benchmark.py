@@ -69,7 +69,7 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
         checkpoint = bundle.file("checkpoint")
         if "torch" in backends and checkpoint is not None:
             out += [Candidate(bundle.name, "torch", "eager", t, str(checkpoint), bundle.manifest.get("temperature")) for t in threads]
-        out += [Candidate(bundle.name, b, bundle.export_strategy, t, str(bundle.path)) for b in backends if b != "torch" for t in threads]
+        out += [Candidate(bundle.name, b, bundle.strategy_for(b), t, str(bundle.path)) for b in backends if b != "torch" for t in threads]
         return out
     from dymn_edge.export.onnx import export_bundle
     from dymn_edge.train.checkpoint import load_checkpoint

@@ -150,8 +150,9 @@ def export():
 @export.command("onnx")
 @click.argument("model", metavar="MODEL")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
-@click.option("--strategy", type=click.Choice(["grouped", "matmul", "expanded"]), default="matmul", show_default=True,
-              help="How DyMN's dynamic convolutions are written (MobileNetV3 ignores it).")
+@click.option("--strategy", type=click.Choice(["grouped", "matmul", "expanded", "auto"]), default="matmul", show_default=True,
+              help="How DyMN's dynamic convolutions are written; auto measures each on every installed backend "
+                   "and keeps the fastest that passes parity (MobileNetV3 ignores it).")
 @click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True)
 @click.option("--batch", default=None, callback=_batch, metavar="dynamic|N", help="Default: dynamic for mn, 1 for dymn.")
 @click.option("--window", "window_s", type=float, default=10.0, show_default=True, callback=_positive_seconds, metavar="SECONDS")
@@ -180,6 +181,13 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
     )
     parity = bundle.manifest["parity"]["max_abs_logit_diff"]
     click.echo(f"{bundle.path}: {bundle.family} {bundle.export_strategy}, opset {opset}, max |logit diff| vs PyTorch {parity:.1e}")
+    choice = bundle.manifest.get("strategy_choice")
+    if choice:
+        for backend, by_strategy in choice["timings_ms"].items():
+            timings = ", ".join(f"{s} {ms:.1f} ms" for s, ms in sorted(by_strategy.items(), key=lambda kv: kv[1]))
+            click.echo(f"  auto: {backend} -> {choice['chosen'][backend]} ({timings}; {choice['threads']} thread)")
+    verdicts = ", ".join(f"{t} {'pass' if v['passed'] else 'FAIL'}" for t, v in bundle.manifest.get("lint", {}).items())
+    click.echo(f"  lint: {verdicts}")
 
 
 @export.command("openvino")
@@ -235,6 +243,30 @@ def bench(models, backends, strategies, threads, batch, window_s, rounds, as_jso
     from dymn_edge.display import print_benchmark
 
     print_benchmark(report)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--target", "targets", multiple=True,
+              type=click.Choice(["tensorrt", "tensorrt-8.5", "tensorrt-8.6", "tensorrt-10", "onnxruntime", "openvino"]),
+              help="Repeatable; tensorrt means 8.5, 8.6 and 10. Default: all.")
+@click.option("--int8", "int8", flag_value=True, default=None, help="Apply INT8 rules (default: when the bundle is INT8).")
+@click.option("--no-record", is_flag=True, help="Do not write the verdicts into the bundle's manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+def lint(bundle, targets, int8, no_record, as_json):
+    """Check a bundle's ONNX graph against what each deployment target supports; exit 1 on errors."""
+    from dymn_edge.export.lint import TARGETS, lint_bundle
+
+    reports = lint_bundle(bundle, targets or TARGETS, int8=int8, record=not no_record)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in reports], indent=2))
+    else:
+        from dymn_edge.display import print_lint
+
+        print_lint(bundle, reports)
+    failed = [r.target for r in reports if not r.passed]
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 def main() -> None:

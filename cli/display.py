@@ -10,7 +10,7 @@ from rich.table import Table
 
 from dymn_edge.runtime.tagging import Tag, TagResult
 
-__all__ = ["print_benchmark", "print_info", "print_registry", "print_tag_result"]
+__all__ = ["print_benchmark", "print_info", "print_lint", "print_registry", "print_tag_result"]
 
 _BAR_WIDTH = 20
 
@@ -104,3 +104,25 @@ def print_benchmark(report: dict[str, Any]) -> None:
                       f"{r['windows_per_s']:.0f}", f"{r['real_time_factor']:.5f}", f"{r['peak_rss_mb']:.0f} MB",
                       ratio(r["speedup_vs_eager"]), ratio(r["speedup_vs_grouped"]))
     console.print(table)
+
+
+def print_lint(bundle: Any, reports: list[Any]) -> None:
+    """One row per target, then every finding; errors first."""
+    console = _console(min_width=120)
+    table = Table(title=f"lint {bundle}", title_justify="left")
+    for col in ("target", "result", "errors", "warnings", "checked with"):
+        table.add_column(col, justify="right" if col in ("errors", "warnings") else "left")
+    for r in reports:
+        verdict = "[green]pass[/green]" if r.passed else "[red]FAIL[/red]"
+        table.add_row(r.target, verdict, str(len(r.errors)), str(len(r.warnings)), r.checked_with)
+    console.print(table)
+    findings = [(r.target, f) for r in reports for f in r.errors + r.warnings]
+    if not findings:
+        return
+    detail = Table(show_lines=False)
+    for col in ("target", "", "check", "where", "finding"):
+        detail.add_column(col, overflow="fold")
+    for target, f in findings:
+        mark = "[red]error[/red]" if f.severity == "error" else "[yellow]warn[/yellow]"
+        detail.add_row(target, mark, f.check, f.where, f.message)
+    console.print(detail)

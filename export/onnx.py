@@ -22,9 +22,10 @@ from dymn_edge import __version__
 from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.bundle import Bundle, write_bundle
 from dymn_edge.runtime.errors import ExportError
-from dymn_edge.runtime.frontend import FrontendConfig, log_mel
+from dymn_edge.runtime.frontend import FrontendConfig, log_mel, n_frames
 from dymn_edge.runtime.labels import LabelSet, audioset_labels
 from dymn_edge.runtime.registry import demo_clip_path
+from dymn_edge.runtime.tagging import MAX_SINGLE_PASS_S
 from dymn_edge.train.checkpoint import LoadedModel, load_checkpoint
 
 from .strategies import STRATEGIES, prepare_for_export
@@ -48,6 +49,22 @@ def probe_features(seconds: float = 10.0, config: FrontendConfig = FrontendConfi
     """
     wave = load_audio(demo_clip_path(), config.sample_rate_hz)
     return log_mel(wave[: int(seconds * config.sample_rate_hz)], config)[None, None]
+
+
+MAX_PROFILE_BATCH = 8  # largest batch a dynamic-batch bundle promises to serve (TensorRT profile)
+
+
+def shape_profiles(batch: int | None, window_s: float, config: FrontendConfig = FrontendConfig()) -> dict[str, dict[str, list[int]]]:
+    """min/opt/max input shapes the runtime will feed, for backends that compile per shape range (TensorRT).
+
+    Frames run from one frame (the shortest clip the runtime tags) to a whole clip tagged in one
+    pass (``MAX_SINGLE_PASS_S``) or one window, whichever is longer; the window is the optimum.
+    """
+    sr = config.sample_rate_hz
+    opt_frames = n_frames(int(window_s * sr), config)
+    max_frames = max(opt_frames, n_frames(int(MAX_SINGLE_PASS_S * sr), config))
+    lo, hi = (1, MAX_PROFILE_BATCH) if batch is None else (batch, batch)
+    return {INPUT_NAME: {"min": [lo, 1, config.n_mels, 1], "opt": [lo, 1, config.n_mels, opt_frames], "max": [hi, 1, config.n_mels, max_frames]}}
 
 
 def _family(model: nn.Module) -> str:
@@ -182,7 +199,9 @@ def export_bundle(
         source: checkpoint path or an already loaded model.
         dest: bundle folder to write.
         name: model name in the manifest (default: the checkpoint's file stem).
-        strategy: DyMN export strategy (see ``strategies``); MobileNetV3 bundles record "static".
+        strategy: DyMN export strategy (see ``strategies``), or "auto": the fastest that passes parity,
+            per installed backend, measured here (the timings go into the manifest). MobileNetV3
+            bundles record "static".
         batch: fixed batch size, None for dynamic; "default" = dynamic for MobileNetV3, 1 for DyMN.
         window_s: the window length the runtime should feed the model.
         labels: class labels; default AudioSet's 527 when the model has 527 classes, else placeholders.
@@ -190,8 +209,8 @@ def export_bundle(
         probe: (N, 1, n_mels, frames) features for the parity check instead of the demo clip.
         verify_parity: False only for throwaway exports (benchmarks); the manifest then says so.
     """
-    if strategy not in STRATEGIES:
-        raise ExportError(f"unknown export strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if strategy not in (*STRATEGIES, "auto"):
+        raise ExportError(f"unknown export strategy {strategy!r}; expected one of {', '.join(STRATEGIES)} or auto")
     if window_s <= 0:
         raise ExportError(f"window must be a positive number of seconds, got {window_s}")
     loaded = source if isinstance(source, LoadedModel) else load_checkpoint(source)
@@ -203,20 +222,37 @@ def export_bundle(
         labels = audioset_labels() if config.num_classes == 527 else LabelSet.placeholder(config.num_classes)
     if len(labels) != config.num_classes:
         raise ExportError(f"{len(labels)} labels given for a model with {config.num_classes} classes")
+    if family != "dymn":
+        strategy = "grouped"  # MobileNetV3 has no dynamic convolutions: exported as it is ("static")
+    candidates = [strategy] if strategy != "auto" else [s for s in STRATEGIES if not (s == "grouped" and batch is None)]
+    if probe is not None:
+        probes = [np.ascontiguousarray(probe[i : i + (batch or 1)], dtype=np.float32) for i in range(0, len(probe) - (batch or 1) + 1, batch or 1)]
+        probe_name = f"caller-supplied, {len(probe)} x {tuple(probe.shape[1:])}"
+    else:
+        probes, probe_name = _parity_probes(batch, window_s), f"demo clip ({window_s:g} s and 3.7 s)"
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", strategy=strategy, batch=batch, opset=opset, window_s=window_s)
-        if probe is not None:
-            probes = [np.ascontiguousarray(probe[i : i + (batch or 1)], dtype=np.float32) for i in range(0, len(probe) - (batch or 1) + 1, batch or 1)]
-            probe_name = f"caller-supplied, {len(probe)} x {tuple(probe.shape[1:])}"
-        else:
-            probes, probe_name = _parity_probes(batch, window_s), f"demo clip ({window_s:g} s and 3.7 s)"
-        parity = measure_parity(model, onnx_path, probes) if verify_parity else None
-        if parity is not None and parity > PARITY_ATOL:
-            raise ExportError(f"ONNX Runtime differs from PyTorch by {parity:.2e} in logits (tolerance {PARITY_ATOL:.0e})")
-        logger.info("exported %s (%s): max |logit diff| vs PyTorch %s", loaded.path, strategy, parity)
-        files = {"model.onnx": (onnx_path, "onnx")}
+        exported: dict[str, Path] = {}
+        parities: dict[str, float | None] = {}
+        failures: dict[str, str] = {}
+        for candidate in candidates:
+            onnx_path = export_onnx(model, Path(tmp) / f"{candidate}.onnx", strategy=candidate, batch=batch, opset=opset, window_s=window_s)
+            parity = measure_parity(model, onnx_path, probes) if verify_parity else None
+            logger.info("exported %s (%s): max |logit diff| vs PyTorch %s", loaded.path, candidate, parity)
+            if parity is not None and parity > PARITY_ATOL:
+                failures[candidate] = f"ONNX Runtime differs from PyTorch by {parity:.2e} in logits (tolerance {PARITY_ATOL:.0e})"
+                continue
+            exported[candidate], parities[candidate] = onnx_path, parity
+        if not exported:
+            raise ExportError("; ".join(f"{s}: {why}" for s, why in failures.items()))
+        choice = None
+        if strategy == "auto":
+            choice = _choose(exported, probes[0], failures)
+            strategy = choice["chosen"]["onnxruntime"]
+        files = {"model.onnx": (exported[strategy], "onnx")}
+        if choice and choice["chosen"].get("openvino", strategy) != strategy:
+            files["model.openvino.onnx"] = (exported[choice["chosen"]["openvino"]], "onnx_openvino")
         if include_checkpoint:
             files["model.pt"] = (loaded.path, "checkpoint")
         batch_dim: int | str = "batch" if batch is None else batch
@@ -232,16 +268,56 @@ def export_bundle(
             "export_strategy": strategy if family == "dymn" else "static",
             "temperature": loaded.temperature,
             "inputs": [{"name": INPUT_NAME, "shape": [batch_dim, 1, FrontendConfig().n_mels, "frames"], "dtype": "float32"}],
+            "shape_profiles": shape_profiles(batch, window_s),
             "outputs": [
                 {"name": "logits", "shape": [batch_dim, config.num_classes], "dtype": "float32"},
                 {"name": "embedding", "shape": [batch_dim, model.embedding_dim], "dtype": "float32"},
             ],
-            "parity": {"reference": "pytorch", "max_abs_logit_diff": parity, "probe": probe_name if verify_parity else "not checked"},
+            "parity": {"reference": "pytorch", "max_abs_logit_diff": parities[strategy], "probe": probe_name if verify_parity else "not checked"},
             "producer": {
                 "name": "dymn-edge", "version": __version__, "torch": torch.__version__,
                 "onnx": onnx.__version__, "opset": opset,
             },
             "source": {"file": loaded.path.name, "sha256": loaded.sha256},
+            **({"strategy_choice": {**choice, "parity": parities}} if choice else {}),
             **(extra or {}),
         }
-        return write_bundle(dest, files, metadata, labels=labels, overwrite=overwrite)
+        bundle = write_bundle(dest, files, metadata, labels=labels, overwrite=overwrite)
+    return _lint(bundle)
+
+
+def _lint(bundle: Bundle) -> Bundle:
+    """Record in the manifest which deployment targets the graph passes (``dymn-edge lint`` shows why)."""
+    from dymn_edge.runtime.bundle import load_bundle
+
+    from .lint import TARGETS, lint_bundle
+
+    targets = [t for t in TARGETS if t != "openvino" or _has_openvino()]
+    reports = lint_bundle(bundle, targets)
+    failed = [r.target for r in reports if not r.passed]
+    if failed:
+        logger.warning("%s does not pass lint for %s; run `dymn-edge lint %s` for details", bundle.path, ", ".join(failed), bundle.path)
+    return load_bundle(bundle.path)
+
+
+def _has_openvino() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str, str]) -> dict[str, Any]:
+    """Time every parity-checked strategy on every installed backend; the manifest's record of the choice."""
+    from dymn_edge.runtime.machine import machine_info
+
+    from .auto import fastest, measure_strategies
+
+    threads = 1
+    timings = measure_strategies(exported, features, threads=threads)
+    chosen = fastest(timings)
+    logger.info("auto strategy: %s (median ms: %s)", chosen, timings)
+    return {"method": "fastest median latency of the parity-checked strategies, measured at export",
+            "threads": threads, "input_shape": list(features.shape), "timings_ms": timings, "chosen": chosen,
+            "rejected": failures, "machine": machine_info()}

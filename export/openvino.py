@@ -48,7 +48,8 @@ def export_openvino(source: str | Path | Bundle, dest: str | Path, *, fp16: bool
     import onnxruntime as ort
 
     bundle = source if isinstance(source, Bundle) else load_bundle(source)
-    onnx_path = bundle.require("onnx", hint="; export it with `dymn-edge export onnx` first")
+    # With --strategy auto the bundle may carry a separate ONNX file chosen for OpenVINO.
+    onnx_path = bundle.file("onnx_openvino") or bundle.require("onnx", hint="; export it with `dymn-edge export onnx` first")
     if bundle.precision != "fp32":
         raise BundleError(f"{bundle.path}: OpenVINO export starts from an FP32 bundle, this one is {bundle.precision}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +72,7 @@ def export_openvino(source: str | Path | Bundle, dest: str | Path, *, fp16: bool
         logger.info("OpenVINO IR of %s: max |logit diff| vs ONNX Runtime %.2e", bundle.path, diff)
         files = {"model.xml": (xml, "openvino_xml"), "model.bin": (xml.with_suffix(".bin"), "openvino_bin")}
         for name, entry in bundle.manifest["files"].items():
-            if entry["role"] in ("onnx", "checkpoint"):
+            if entry["role"] in ("onnx", "onnx_openvino", "checkpoint"):
                 files[name] = (bundle.path / name, entry["role"])
         metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files")}
         metadata["precision"] = "fp16" if fp16 else "fp32"

@@ -10,6 +10,7 @@ Layout::
     mn04_as/
       manifest.json
       model.onnx        role "onnx"
+      model.openvino.onnx  role "onnx_openvino" (optional: --strategy auto chose another strategy for OpenVINO)
       model.pt          role "checkpoint" (optional: lets the torch backend run the same bundle)
       labels.csv        role "labels"
 """
@@ -38,6 +39,7 @@ __all__ = [
     "Bundle",
     "is_bundle",
     "load_bundle",
+    "update_manifest",
     "write_bundle",
 ]
 
@@ -47,7 +49,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "dymn-edge-bundle"
 FORMAT_VERSION = 1
 # What a payload file is for; a bundle holds at most one file per role.
-ROLES = ("onnx", "checkpoint", "labels", "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache")
+ROLES = ("onnx", "onnx_openvino", "checkpoint", "labels", "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache")
 MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -97,6 +99,10 @@ class Bundle:
     @property
     def export_strategy(self) -> str:
         return self.manifest["export_strategy"]
+
+    def strategy_for(self, backend: str) -> str:
+        """The export strategy of the model ``backend`` runs (``--strategy auto`` may pick one per backend)."""
+        return self.manifest.get("strategy_choice", {}).get("chosen", {}).get(backend, self.export_strategy)
 
     @property
     def window_s(self) -> float:
@@ -272,3 +278,24 @@ def write_bundle(
         raise
     logger.info("wrote bundle %s (%s)", dest, ", ".join(f"{n}: {e['role']}" for n, e in entries.items()))
     return load_bundle(dest)
+
+
+# Keys that describe the payload itself; tools may only add their own records beside them.
+_PROTECTED = ("format", "format_version", "files")
+
+
+def update_manifest(bundle: Bundle, changes: dict[str, Any]) -> Bundle:
+    """Add or replace manifest keys that record findings about a bundle (lint verdicts, timings).
+
+    Payload files and their hashes are left alone, so a bundle stays verifiable. The manifest is
+    rewritten atomically (temporary file, then rename).
+    """
+    bad = sorted(set(changes) & set(_PROTECTED))
+    if bad:
+        raise BundleError(f"{bundle.path}: manifest keys {bad} describe the payload and cannot be updated")
+    manifest = {**bundle.manifest, **changes}
+    _check_manifest(manifest, bundle.path)
+    tmp = bundle.path / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, bundle.path / MANIFEST_NAME)
+    return Bundle(bundle.path, manifest)

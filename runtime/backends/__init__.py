@@ -44,7 +44,7 @@ def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None)
     if name == "openvino":
         from .openvino import OpenVinoBackend
 
-        model: Path = bundle.file("openvino_xml") or bundle.require("onnx")
+        model: Path = bundle.file("openvino_xml") or bundle.file("onnx_openvino") or bundle.require("onnx")
         # FP32 bundles stay FP32 on every device. On CPU, half-precision weights are decompressed
         # to f32 too (the CPU plugin would otherwise compute in bf16: 0.45 logit error on mn04);
         # GPU and NPU keep their native half precision.

@@ -1,0 +1,76 @@
+"""``--strategy auto``: per backend, the fastest DyMN export strategy that passed parity, measured here.
+
+Which strategy wins depends on the backend and the CPU (ONNX Runtime cannot pre-pack run-time
+depthwise kernels, OpenVINO can; wider models shift the balance), so it is measured rather than
+assumed. Every parity-checked candidate runs on every installed backend in interleaved rounds (machine
+noise falls on all alike) and the lowest median wins. The timings go into the manifest, so the choice
+can be audited and redone on the target device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dymn_edge.runtime.errors import BackendUnavailableError
+
+__all__ = ["AUTO_BACKENDS", "measure_strategies"]
+
+logger = logging.getLogger(__name__)
+
+AUTO_BACKENDS = ("onnxruntime", "openvino")
+
+
+def _runner(backend: str, path: Path, threads: int):
+    if backend == "onnxruntime":
+        from dymn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, threads=threads).infer
+    from dymn_edge.runtime.backends.openvino import OpenVinoBackend
+
+    return OpenVinoBackend(path, threads=threads).infer
+
+
+def measure_strategies(
+    models: dict[str, Path],
+    features: np.ndarray,
+    *,
+    backends: tuple[str, ...] = AUTO_BACKENDS,
+    threads: int = 1,
+    rounds: int = 5,
+    runs_per_round: int = 4,
+) -> dict[str, dict[str, float]]:
+    """Median latency (ms) of each strategy's ONNX file on each installed backend: {backend: {strategy: ms}}.
+
+    Backends that are not installed are skipped (logged); at least ONNX Runtime always is.
+    """
+    runners: dict[tuple[str, str], object] = {}
+    for backend in backends:
+        for strategy, path in models.items():
+            try:
+                runners[backend, strategy] = _runner(backend, path, threads)
+            except BackendUnavailableError as e:
+                logger.info("auto strategy: skipping %s (%s)", backend, e)
+                break
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    for run in runners.values():  # warm-up: first runs allocate and pick kernels
+        for _ in range(2):
+            run(features)
+    for _ in range(rounds):
+        for key, run in runners.items():
+            for _ in range(runs_per_round):
+                start = time.perf_counter()
+                run(features)
+                times[key].append((time.perf_counter() - start) * 1e3)
+    result: dict[str, dict[str, float]] = {}
+    for (backend, strategy), ms in times.items():
+        result.setdefault(backend, {})[strategy] = round(float(np.median(ms)), 3)
+    return result
+
+
+def fastest(timings: dict[str, dict[str, float]]) -> dict[str, str]:
+    """{backend: strategy with the lowest median}."""
+    return {backend: min(by_strategy, key=by_strategy.get) for backend, by_strategy in timings.items()}

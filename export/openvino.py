@@ -72,7 +72,7 @@ def export_openvino(source: str | Path | Bundle, dest: str | Path, *, fp16: bool
         logger.info("OpenVINO IR of %s: max |logit diff| vs ONNX Runtime %.2e", bundle.path, diff)
         files = {"model.xml": (xml, "openvino_xml"), "model.bin": (xml.with_suffix(".bin"), "openvino_bin")}
         for name, entry in bundle.manifest["files"].items():
-            if entry["role"] in ("onnx", "onnx_openvino", "checkpoint"):
+            if entry["role"] in ("onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "checkpoint"):
                 files[name] = (bundle.path / name, entry["role"])
         metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files")}
         metadata["precision"] = "fp16" if fp16 else "fp32"

@@ -10,7 +10,8 @@ Layout::
     mn04_as/
       manifest.json
       model.onnx        role "onnx"
-      model.openvino.onnx  role "onnx_openvino" (optional: --strategy auto chose another strategy for OpenVINO)
+      model.onnx.data   role "onnx_data" (the weights as ONNX external data; bundles before 0.1 inline them)
+      model.openvino.onnx  role "onnx_openvino" (+ ".data"; optional: --strategy auto chose another strategy for OpenVINO)
       model.pt          role "checkpoint" (optional: lets the torch backend run the same bundle)
       labels.csv        role "labels"
 """
@@ -49,7 +50,10 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "dymn-edge-bundle"
 FORMAT_VERSION = 1
 # What a payload file is for; a bundle holds at most one file per role.
-ROLES = ("onnx", "onnx_openvino", "checkpoint", "labels", "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache")
+ROLES = (
+    "onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "checkpoint", "labels",
+    "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache",
+)
 MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine")
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -139,14 +139,41 @@ def n_frames(n_samples: int, config: FrontendConfig = FrontendConfig()) -> int:
     return 1 + (n_samples - 1) // config.hop_length
 
 
-def _power_spectrum(y: np.ndarray, config: FrontendConfig) -> np.ndarray:
-    """Centred, reflect-padded STFT power of the pre-emphasised signal; (frames, n_fft//2+1) float64."""
-    pad = config.n_fft // 2
-    padded = np.pad(y, pad, mode="reflect")
-    count = 1 + len(y) // config.hop_length
+# Frames per STFT block. Whole-clip STFTs in float64 held ~20 MB of temporaries for a 10 s clip;
+# blocks of 256 frames compute the same values per frame with a fixed ~3 MB.
+_BLOCK_FRAMES = 256
+
+
+def _preemphasized_padded(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """Pre-emphasis y[n] = x[n+1] - a x[n] in float64, reflect-padded by n_fft/2 on both sides.
+
+    Written into one buffer (no float64 copy of the input, no separate padded copy); the values
+    are bit-identical to ``np.pad(x[1:] - a * x[:-1], n_fft // 2, mode="reflect")``.
+    """
+    pad, n = config.n_fft // 2, x.shape[0] - 1
+    if n <= pad:  # too short for the in-place reflection: the plain way (tiny arrays)
+        x64 = x.astype(np.float64)
+        return np.pad(x64[1:] - config.preemphasis * x64[:-1], pad, mode="reflect")
+    padded = np.empty(n + 2 * pad, dtype=np.float64)
+    y = padded[pad : pad + n]
+    np.multiply(x[:-1], -config.preemphasis, out=y, dtype=np.float64)
+    y += x[1:]
+    padded[:pad] = y[pad:0:-1]
+    padded[pad + n :] = y[-2 : -pad - 2 : -1]
+    return padded
+
+
+def _mel_power(x: np.ndarray, banks: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """Mel-band power of the centred STFT of the pre-emphasised signal; (frames, n_mels) float64."""
+    padded = _preemphasized_padded(x, config)
+    count = 1 + (x.shape[0] - 1) // config.hop_length
     frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[:: config.hop_length][:count]
-    spec = np.fft.rfft(frames * _padded_window(config.win_length, config.n_fft), axis=-1)
-    return spec.real**2 + spec.imag**2
+    window = _padded_window(config.win_length, config.n_fft)
+    mel = np.empty((count, banks.shape[0]), dtype=np.float64)
+    for start in range(0, count, _BLOCK_FRAMES):
+        spec = np.fft.rfft(frames[start : start + _BLOCK_FRAMES] * window, axis=-1)
+        mel[start : start + _BLOCK_FRAMES] = (spec.real**2 + spec.imag**2) @ banks.T
+    return mel
 
 
 def log_mel(wave: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
@@ -172,14 +199,13 @@ def log_mel(wave: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.n
             f"audio too short: {x.shape[0]} samples; need at least {config.min_samples} "
             f"({1000 * config.min_samples / config.sample_rate_hz:.0f} ms at {config.sample_rate_hz} Hz)"
         )
-    x = x.astype(np.float64, copy=False)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     if not np.isfinite(x).all():
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise AudioFormatError(f"waveform holds {bad} NaN/inf samples of {x.shape[0]}; expected finite values")
-    y = x[1:] - config.preemphasis * x[:-1]
-    power = _power_spectrum(y, config)
     banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate_hz, config.f_min_hz, config.f_max_hz)
-    mel = power @ banks.T  # (frames, n_mels)
+    mel = _mel_power(x, banks, config)
     out = (np.log(mel + config.log_offset) + config.norm_shift) / config.norm_scale
     return np.ascontiguousarray(out.T, dtype=np.float32)
 

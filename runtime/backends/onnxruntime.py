@@ -26,6 +26,10 @@ class OnnxRuntimeBackend:
         except ImportError as e:
             raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
         options = ort.SessionOptions()
+        # The memory-pattern planner keeps one arena block sized for the largest run and grows it per
+        # input shape; without it dymn10 peaks ~17 MB lower over repeated windows, at no measured
+        # latency cost (dymn04/dymn10/mn04, 1 thread, 10 s window: within 2 %).
+        options.enable_mem_pattern = False
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

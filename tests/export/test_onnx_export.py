@@ -88,3 +88,42 @@ def test_label_count_must_match(mn04_checkpoint, tmp_path):
     with pytest.raises(ExportError, match="10 labels given for a model with 527 classes"):
         export_bundle(mn04_checkpoint, tmp_path / "b", labels=LabelSet.placeholder(10))
     assert not (tmp_path / "b").exists()
+
+
+def test_auto_strategy_measures_every_backend_and_records_the_choice(fixtures_dir, tmp_path):
+    from dymn_edge.runtime.tagging import Tagger
+
+    weights = fixtures_dir / "dymn04_reference_weights.pt"
+    probe = np.load(fixtures_dir / "dymn04_reference.npz")["input"]
+    bundle = export_bundle(weights, tmp_path / "auto", include_checkpoint=False, probe=probe, strategy="auto")
+    choice = bundle.manifest["strategy_choice"]
+    backends = {"onnxruntime", "openvino"} if _has_openvino() else {"onnxruntime"}
+    assert set(choice["timings_ms"]) == backends and set(choice["chosen"]) == backends
+    for backend, timings in choice["timings_ms"].items():
+        assert set(timings) == {"grouped", "matmul", "expanded"} and all(ms > 0 for ms in timings.values())
+        assert choice["chosen"][backend] == min(timings, key=timings.get)  # the fastest one, as measured
+        assert bundle.strategy_for(backend) == choice["chosen"][backend]
+    assert all(p < 1e-4 for p in choice["parity"].values())
+    assert bundle.export_strategy == choice["chosen"]["onnxruntime"] and choice["machine"]["cores"] >= 1
+    # OpenVINO runs its own choice when it differs; both run the fixture to parity.
+    has_own = choice["chosen"].get("openvino", bundle.export_strategy) != bundle.export_strategy
+    assert (bundle.file("onnx_openvino") is not None) == has_own
+    with torch.no_grad():
+        expected = load_checkpoint(weights).model(torch.from_numpy(probe[2:3]))[0].numpy()
+    for backend in backends:
+        tagger = Tagger.from_bundle(bundle, backend, threads=1)
+        assert np.abs(tagger.backend.infer(probe[2:3]) - expected).max() < 1e-4
+
+
+def test_an_opset_the_model_cannot_be_expressed_in(fixtures_dir, tmp_path):
+    model = load_checkpoint(fixtures_dir / "dymn04_reference_weights.pt").model
+    with pytest.raises(ExportError, match=r"ONNX export at opset 9 failed: .*Slice with dynamic inputs.*try a higher --opset"):
+        export_onnx(model, tmp_path / "o9.onnx", strategy="matmul", opset=9)
+
+
+def _has_openvino():
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True

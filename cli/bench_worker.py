@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _features(window_s: float, batch: int) -> np.ndarray:
+def features(window_s: float, batch: int) -> np.ndarray:
     from dymn_edge.runtime.audio import load_audio
     from dymn_edge.runtime.frontend import log_mel
     from dymn_edge.runtime.registry import demo_clip_path
@@ -69,7 +69,7 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    x = _features(spec["window_s"], spec["batch"])
+    x = features(spec["window_s"], spec["batch"])
     run = _runner(spec, x)
     for _ in range(spec.get("warmup", 5)):
         run()

@@ -1,11 +1,13 @@
 """``dymn-edge bench``: latency, throughput, real-time factor and peak memory, measured side by side.
 
 Every candidate (a model on a backend with a strategy and a thread count) runs in its own worker
-process (``bench_worker``). The parent interleaves short chunks of runs across all workers, with a
+process (``bench_worker``). For DyMN checkpoints the candidates include ``naive``: the EfficientAT
+module exported as it is (``export/naive.py``), the route a user takes without this toolchain. The parent interleaves short chunks of runs across all workers, with a
 pause between chunks so no worker's idle thread pool competes with the next, so machine noise
 falls on all candidates alike and the ratios stay meaningful on a noisy machine. Ratios are
 against PyTorch eager (the EfficientAT-style module) and against the naive ``grouped`` export, at
-the same thread count, from the same run.
+the same thread count, from the same run; and for DyMN, against the naive export and our faithful
+``grouped`` export on the same backend.
 """
 
 from __future__ import annotations
@@ -77,14 +79,33 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
     loaded = load_checkpoint(source.path, expect=source.expect)
     if "torch" in backends:
         out += [Candidate(source.name, "torch", "eager", t, str(source.path), loaded.temperature) for t in threads]
-    wanted = ["static"] if loaded.config.family == "mn" else list(dict.fromkeys(["grouped", *strategies]))
+    wanted = ["static"] if loaded.config.family == "mn" else list(dict.fromkeys(["naive", "grouped", *strategies]))
     for strategy in wanted:
         dest = workdir / f"{source.name}-{strategy}"
         logger.warning("exporting %s with strategy %s for the benchmark", source.name, strategy)
-        export_bundle(loaded, dest, name=source.name, strategy="grouped" if strategy == "static" else strategy,
-                      batch=batch, window_s=window_s, include_checkpoint=False, verify_parity=False)
+        if strategy == "naive":
+            _naive_bundle(loaded, dest, source.name, batch, window_s, workdir)
+        else:
+            export_bundle(loaded, dest, name=source.name, strategy="grouped" if strategy == "static" else strategy,
+                          batch=batch, window_s=window_s, include_checkpoint=False, verify_parity=False)
         out += [Candidate(source.name, b, strategy, t, str(dest)) for b in backends if b != "torch" for t in threads]
     return out
+
+
+def _naive_bundle(loaded, dest: Path, name: str, batch: int, window_s: float, workdir: Path) -> None:
+    """The EfficientAT module exported as it is, at the benchmark's fixed input shape (export/naive.py)."""
+    import torch
+
+    from dymn_edge.bench_worker import features
+    from dymn_edge.export.naive import export_naive
+    from dymn_edge.export.onnx import export_bundle
+    from dymn_edge.runtime.bundle import write_bundle
+
+    reference = export_bundle(loaded, workdir / f"{name}-naive-manifest", name=name, batch=batch, window_s=window_s,
+                              include_checkpoint=False, verify_parity=False)
+    path = export_naive(loaded.model, workdir / f"{name}-naive.onnx", torch.from_numpy(features(window_s, batch)))
+    metadata = {k: v for k, v in reference.manifest.items() if k not in ("format", "format_version", "files", "lint", "strategy_choice")}
+    write_bundle(dest, {"model.onnx": (path, "onnx")}, {**metadata, "export_strategy": "naive"}, labels=reference.labels)
 
 
 def _start(c: Candidate, window_s: float, batch: int) -> subprocess.Popen:
@@ -149,7 +170,9 @@ def run_benchmark(
         same = [r for r in rows if r["model"] == row["model"] and r["threads"] == row["threads"]]
         eager = next((r for r in same if r["backend"] == "torch"), None)
         grouped = next((r for r in same if r["backend"] == row["backend"] and r["strategy"] == "grouped"), None)
+        naive = next((r for r in same if r["backend"] == row["backend"] and r["strategy"] == "naive"), None)
         row["speedup_vs_eager"] = eager["median_ms"] / row["median_ms"] if eager else None
+        row["speedup_vs_naive"] = naive["median_ms"] / row["median_ms"] if naive else None
         row["speedup_vs_grouped"] = grouped["median_ms"] / row["median_ms"] if grouped else None
     settings = {"batch": batch, "window_s": window_s, "rounds": rounds, "runs_per_round": runs_per_round,
                 "backends": backends, "strategies": strategies, "threads": threads, "input": "demo clip log-mel, looped to the window"}

@@ -30,13 +30,15 @@ def test_bench_json_on_the_embedded_bundle(tmp_path):
     assert 30 < ort["peak_rss_mb"] < eager["peak_rss_mb"]
 
 
-def test_bench_exports_each_dymn_strategy_against_the_grouped_baseline(tmp_path, fixtures_dir):
+def test_bench_exports_each_dymn_strategy_against_the_naive_and_grouped_baselines(tmp_path, fixtures_dir):
     proc = _bench(fixtures_dir / "dymn04_reference_weights.pt", "--backend", "onnxruntime", "--strategy", "matmul",
                   "--window", "2", "--rounds", "1", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = {r["strategy"]: r for r in json.loads(proc.stdout)["results"]}
-    assert set(rows) == {"grouped", "matmul"}  # the naive baseline is always measured
-    assert rows["grouped"]["speedup_vs_grouped"] == 1.0 and rows["matmul"]["speedup_vs_grouped"] > 0
+    assert set(rows) == {"naive", "grouped", "matmul"}  # both baselines are always measured
+    assert rows["naive"]["speedup_vs_naive"] == 1.0 and rows["grouped"]["speedup_vs_grouped"] == 1.0
+    for row in rows.values():
+        assert abs(row["speedup_vs_naive"] - rows["naive"]["median_ms"] / row["median_ms"]) < 1e-9
     assert rows["matmul"]["speedup_vs_eager"] is None  # torch was not asked for
 
 

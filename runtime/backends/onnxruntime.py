@@ -9,12 +9,18 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["OnnxRuntimeBackend", "preferred_providers"]
 
 logger = logging.getLogger(__name__)
 
-# Execution providers in order of preference; only those this onnxruntime build has are used.
-_PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# Execution providers in order of preference; only those this onnxruntime build has are used
+# (onnxruntime-gpu on a Jetson or an NVIDIA GPU has TensorRT and CUDA; PyPI's CPU wheel has neither).
+_PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def preferred_providers(available: list[str]) -> list[str]:
+    """The providers to ask for, best first; CPU stays last as the fallback for unsupported nodes."""
+    return [p for p in _PREFERRED if p in available]
 
 
 class OnnxRuntimeBackend:
@@ -35,7 +41,7 @@ class OnnxRuntimeBackend:
             options.inter_op_num_threads = 1
         available = ort.get_available_providers()
         if providers is None:
-            providers = [p for p in _PREFERRED if p in available]
+            providers = preferred_providers(available)
         missing = [p for p in providers if p not in available]
         if missing:
             raise BackendUnavailableError(f"onnxruntime has no {', '.join(missing)} here (available: {', '.join(available)})")

@@ -42,10 +42,13 @@ print(len(names))
     assert int(proc.stdout) >= 12
 
 
-def test_tag_on_the_embedded_bundle_runs_without_torch(tmp_path):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_tag_on_the_embedded_bundle_runs_without_torch(tmp_path, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason='OpenVINO not installed (pip install "dymn-edge[openvino]")')
     code = f"""
 from dymn_edge.cli import main
-sys.argv = ["dymn-edge", "tag", "--json", {str(demo_clip_path())!r}]
+sys.argv = ["dymn-edge", "tag", "--json", "--backend", {backend!r}, {str(demo_clip_path())!r}]
 try:
     main()
 except SystemExit as e:

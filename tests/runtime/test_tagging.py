@@ -103,3 +103,12 @@ def test_bad_arguments(tagger):
     for bad in ({"hop_s": -1.0}, {"window_s": 0.0}, {"window_s": 5.0, "hop_s": 0.0}):
         with pytest.raises(ValueError, match="positive"):
             tagger.tag(np.zeros(32000, np.float32), **bad)
+
+
+def test_onnxruntime_prefers_tensorrt_then_cuda_and_keeps_cpu_as_fallback():
+    from dymn_edge.runtime.backends.onnxruntime import preferred_providers
+
+    gpu = ["AzureExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
+    assert preferred_providers(gpu) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert preferred_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert preferred_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]

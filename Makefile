@@ -22,7 +22,7 @@ demo: install
 # torch first and pinned: an unpinned requirement would pull a multi-GB CUDA build.
 install-all: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[train,export,openvino,dev]"
+	$(BIN)/pip install -q -e ".[all,dev]"
 
 system-deps:
 	.ci/system-deps

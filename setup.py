@@ -21,7 +21,7 @@ def _version() -> str:
 
 PARTS = ["runtime", "train", "export", "calibration"]
 SUBPACKAGES = {
-    "runtime": ["runtime.backends"],
+    "runtime": ["runtime.backends", "runtime.stream", "runtime.stream.sinks"],
     "train": ["train.layers", "train.models"],
 }
 
@@ -39,8 +39,9 @@ extras = {
     "export": [TORCH, "onnx>=1.15", "onnxslim>=0.1.40"],
     "openvino": ["openvino>=2024.0"],
     "mic": ["sounddevice>=0.4.6"],
+    "mqtt": ["paho-mqtt>=2.0"],
     "tensorrt": ["tensorrt>=8.5", "cuda-python>=12.0"],
-    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scikit-learn>=1.3"],
+    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scikit-learn>=1.3", "sounddevice>=0.4.6", "paho-mqtt>=2.0"],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("tensorrt", "dev") for req in reqs})
 

@@ -269,6 +269,69 @@ def lint(bundle, targets, int8, no_record, as_json):
         raise click.exceptions.Exit(1)
 
 
+def _print_devices() -> None:
+    from dymn_edge.runtime.stream.capture import input_devices
+
+    devices = input_devices()
+    if not devices:
+        click.echo("no audio input devices found (is a microphone connected, or PulseAudio running?)")
+    for d in devices:
+        mark = "*" if d["default"] else " "
+        click.echo(f"{mark} {d['index']:3d}  {d['name']}  ({d['hostapi']}, {d['channels']} ch, {d['rate']} Hz)")
+
+
+@cli.command()
+@click.argument("model", required=False, metavar="[BUNDLE]")
+@click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default=None, help="Default: onnxruntime for bundles.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the backend's).")
+@click.option("--backend-device", default=None, help="OpenVINO device (CPU, GPU, NPU).")
+@click.option("--device", default=None, metavar="NAME|INDEX", help="Microphone (see --list-devices); default: the system's default input.")
+@click.option("--list-devices", is_flag=True, help="List audio input devices and exit.")
+@click.option("--input", "input_spec", default=None, metavar="FILE|-", help="Read a file (as fast as possible) or raw PCM from stdin instead of a microphone.")
+@click.option("--input-rate", type=click.IntRange(min=1), default=None, help="Sample rate of raw PCM on stdin.")
+@click.option("--input-format", type=click.Choice(["s16le", "s24le", "s32le", "f32le", "f64le", "u8"]), default="s16le", show_default=True)
+@click.option("--input-channels", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--window", "window_s", type=float, default=2.0, show_default=True, callback=_positive_seconds, metavar="SECONDS",
+              help="Audio per inference; short windows localize events (docs/streaming.md).")
+@click.option("--hop", "hop_s", type=float, default=0.5, show_default=True, callback=_positive_seconds, metavar="SECONDS")
+@click.option("--labels", "label_names", multiple=True, metavar="LABEL", help="Watch only these classes (repeatable; AudioSet names contain commas).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3, show_default=True, help="Onset threshold for events.")
+@click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Per-class onset thresholds: CSV 'label,threshold' or JSON {label: threshold}; others keep --threshold.")
+@click.option("--offset-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Offset threshold as a fraction of the onset threshold.")
+@click.option("--min-duration", "min_duration_s", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS")
+@click.option("--smoothing", type=click.Choice(["none", "ema", "median"]), default="none", show_default=True)
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Tags per scores line.")
+@click.option("--jsonl", default=None, metavar="PATH|-", help="Write scores and events as JSON Lines (- for stdout).")
+@click.option("--mqtt", "mqtt_url", default=None, metavar="mqtt://HOST:PORT/TOPIC", help="Publish events (QoS 1).")
+@click.option("--mqtt-scores", is_flag=True, help="Publish scores lines too.")
+@click.option("--record-events", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR", help="Write a WAV snippet of each event.")
+@click.option("--queue", "queue_size", type=click.IntRange(min=1), default=4, show_default=True, help="Windows waiting for inference before the oldest is dropped.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this much stream time.")
+@click.option("--no-view", is_flag=True, help="No live terminal view (it is off anyway when stderr is not a terminal).")
+def listen(model, backend, threads, backend_device, device, list_devices, input_spec, input_rate, input_format, input_channels,
+           window_s, hop_s, label_names, threshold, thresholds_file, offset_ratio, min_duration_s, smoothing, top_k,
+           jsonl, mqtt_url, mqtt_scores, record_events, queue_size, max_seconds, no_view):
+    """Tag live audio (microphone, file or raw PCM on stdin): scores and events to the terminal, JSONL, MQTT."""
+    if list_devices:
+        _print_devices()
+        return
+    from dymn_edge.listening import run_listen
+
+    summary = run_listen(
+        model, backend=backend, threads=threads, backend_device=backend_device, device=device, input_spec=input_spec,
+        input_rate=input_rate, input_format=input_format, input_channels=input_channels, window_s=window_s, hop_s=hop_s,
+        label_names=list(label_names), threshold=threshold, thresholds_file=thresholds_file, offset_ratio=offset_ratio,
+        min_duration_s=min_duration_s, smoothing=smoothing, top_k=top_k, jsonl=jsonl, mqtt_url=mqtt_url,
+        mqtt_scores=mqtt_scores, record_events=record_events, queue_size=queue_size, max_seconds=max_seconds,
+        view=not no_view,
+    )
+    click.echo(
+        f"listened to {summary['stream_s']:.1f} s in {summary['wall_s']:.1f} s: {summary['windows']} windows, "
+        f"{summary['events']} events, {summary['dropped_windows']} dropped, latency median {summary['latency_ms_median']:.0f} ms, "
+        f"CPU {summary['cpu_percent']:.0f}%", err=True)
+
+
 def main() -> None:
     cli(prog_name="dymn-edge")
 

@@ -1,4 +1,9 @@
-"""ONNX bundle -> OpenVINO IR bundle (``openvino.convert_model`` + ``save_model``).
+"""ONNX bundle -> OpenVINO IR bundle (``Core.read_model`` + ``save_model``).
+
+``read_model`` is OpenVINO's C++ ONNX frontend, the same one ``convert_model`` uses for a file.
+We avoid the Python ``convert_model`` entry point: after it read an ONNX model with external data,
+numpy's multithreaded OpenBLAS spun forever on its next matrix product in the same process
+(OpenVINO 2026.4, numpy 2.4.6; reproduced outside dymn-edge, gone with OPENBLAS_NUM_THREADS=1).
 
 The IR keeps the ONNX model beside it (the runtime can still use ONNX Runtime) and is checked
 against ONNX Runtime on the demo recording before the bundle is written. ``fp16`` compresses the
@@ -55,7 +60,7 @@ def export_openvino(source: str | Path | Bundle, dest: str | Path, *, fp16: bool
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "model.xml"
         try:
-            ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=fp16)
+            ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml), compress_to_fp16=fp16)
         except Exception as e:  # OpenVINO raises RuntimeError and its own exception types
             raise ExportError(f"OpenVINO conversion of {onnx_path} failed: {e}") from e
         batch = bundle.manifest["inputs"][0]["shape"][0]

@@ -27,9 +27,12 @@ __all__ = [
     "N_MELS",
     "FrontendConfig",
     "LogMel",
+    "frame_log_mel",
     "kaldi_mel_banks",
     "log_mel",
     "n_frames",
+    "preemphasized_padded",
+    "stft_segments",
 ]
 
 SAMPLE_RATE = 32000  # Hz: every EfficientAT model is trained at 32 kHz
@@ -144,7 +147,7 @@ def n_frames(n_samples: int, config: FrontendConfig = FrontendConfig()) -> int:
 _BLOCK_FRAMES = 256
 
 
-def _preemphasized_padded(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
+def preemphasized_padded(x: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
     """Pre-emphasis y[n] = x[n+1] - a x[n] in float64, reflect-padded by n_fft/2 on both sides.
 
     Written into one buffer (no float64 copy of the input, no separate padded copy); the values
@@ -163,17 +166,24 @@ def _preemphasized_padded(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
     return padded
 
 
-def _mel_power(x: np.ndarray, banks: np.ndarray, config: FrontendConfig) -> np.ndarray:
-    """Mel-band power of the centred STFT of the pre-emphasised signal; (frames, n_mels) float64."""
-    padded = _preemphasized_padded(x, config)
-    count = 1 + (x.shape[0] - 1) // config.hop_length
-    frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[:: config.hop_length][:count]
+def frame_log_mel(segments: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """Normalised log-mel of STFT segments: (n, n_fft) rows of the padded pre-emphasised signal -> (n, n_mels) float32.
+
+    The per-frame core of ``log_mel``, shared with the streaming frontend so both compute every
+    frame the same way.
+    """
+    banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate_hz, config.f_min_hz, config.f_max_hz)
     window = _padded_window(config.win_length, config.n_fft)
-    mel = np.empty((count, banks.shape[0]), dtype=np.float64)
-    for start in range(0, count, _BLOCK_FRAMES):
-        spec = np.fft.rfft(frames[start : start + _BLOCK_FRAMES] * window, axis=-1)
+    mel = np.empty((segments.shape[0], banks.shape[0]), dtype=np.float64)
+    for start in range(0, segments.shape[0], _BLOCK_FRAMES):
+        spec = np.fft.rfft(segments[start : start + _BLOCK_FRAMES] * window, axis=-1)
         mel[start : start + _BLOCK_FRAMES] = (spec.real**2 + spec.imag**2) @ banks.T
-    return mel
+    return ((np.log(mel + config.log_offset) + config.norm_shift) / config.norm_scale).astype(np.float32)
+
+
+def stft_segments(padded: np.ndarray, count: int, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """The first ``count`` frames of a padded signal as a strided (count, n_fft) view (no copy)."""
+    return np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[:: config.hop_length][:count]
 
 
 def log_mel(wave: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
@@ -204,10 +214,8 @@ def log_mel(wave: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.n
     if not np.isfinite(x).all():
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise AudioFormatError(f"waveform holds {bad} NaN/inf samples of {x.shape[0]}; expected finite values")
-    banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate_hz, config.f_min_hz, config.f_max_hz)
-    mel = _mel_power(x, banks, config)
-    out = (np.log(mel + config.log_offset) + config.norm_shift) / config.norm_scale
-    return np.ascontiguousarray(out.T, dtype=np.float32)
+    padded = preemphasized_padded(x, config)
+    return np.ascontiguousarray(frame_log_mel(stft_segments(padded, n_frames(x.shape[0], config), config), config).T)
 
 
 class LogMel:

@@ -1,0 +1,145 @@
+"""The listening pipeline: source -> resampler -> windows -> features -> inference -> events -> sinks.
+
+The calling thread reads the source, resamples, cuts windows and computes their features (all
+cheap and incremental); one worker thread runs the model and feeds post-processing and sinks.
+Live sources drop the oldest queued windows when inference falls behind; files wait instead,
+so offline runs lose nothing. ``run`` returns when the source ends or ``stop`` is set (the CLI
+sets it on SIGINT/SIGTERM); either way every queued window is scored, open events are closed at
+the end of the stream and every sink is flushed and closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DymnEdgeError
+from ..frontend import FrontendConfig
+from ..labels import LabelSet
+from ..tagging import Tag
+from .events import EventDetector
+from .incremental import IncrementalLogMel
+from .postprocess import Smoother
+from .resampler import StreamResampler
+from .stats import StreamStats
+from .windows import Windower
+from .worker import DropOldestQueue, InferenceWorker, WindowJob, WindowResult
+
+__all__ = ["ListenOptions", "Listener"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ListenOptions:
+    window_s: float = 10.0
+    hop_s: float = 1.0
+    classes: list[int] | None = None  # watched classes (None: all)
+    thresholds: np.ndarray | float = 0.3  # onset threshold, one for all or per class
+    offset_ratio: float = 0.5
+    min_duration_s: float = 0.0
+    smoothing: str = "none"
+    top_k: int = 5
+    queue_size: int = 4  # windows waiting for inference before the oldest is dropped
+    lossless: bool | None = None  # None: lossless for files, drop-oldest for live input
+
+
+class Listener:
+    def __init__(self, backend, labels: LabelSet, source, options: ListenOptions, sinks: list,
+                 *, frontend: FrontendConfig = FrontendConfig(), stats: StreamStats | None = None) -> None:
+        if options.top_k < 1:
+            raise DymnEdgeError(f"top-k must be >= 1, got {options.top_k}")
+        self.backend, self.labels, self.source, self.options, self.sinks = backend, labels, source, options, sinks
+        self.config = frontend
+        self.stats = stats or StreamStats()
+        self.classes = options.classes if options.classes else list(range(len(labels)))
+        thresholds = np.broadcast_to(np.asarray(options.thresholds, dtype=np.float32), (len(labels),)).copy()
+        self.windower = Windower(options.window_s, options.hop_s, frontend.sample_rate_hz, frontend.min_samples)
+        self.frontend = IncrementalLogMel(self.windower.window, frontend)
+        self.smoother = Smoother(options.smoothing)
+        self.detector = EventDetector(self.classes, labels, thresholds, hop_s=options.hop_s,
+                                      offset_ratio=options.offset_ratio, min_duration_s=options.min_duration_s)
+        self.queue = DropOldestQueue(options.queue_size)
+        self.lossless = (not source.realtime) if options.lossless is None else options.lossless
+        self._sink_lock = threading.Lock()
+        self._audio_sinks = [s for s in sinks if hasattr(s, "audio")]
+        self._watch = np.asarray(self.classes)
+
+    # -- inference thread -------------------------------------------------------------------------
+
+    def _on_result(self, result: WindowResult) -> None:
+        scores = self.smoother(result.scores)
+        result = WindowResult(result.window, scores, result.latency_ms, result.inference_ms)
+        order = self._watch[np.argsort(-scores[self._watch], kind="stable")[: self.options.top_k]]
+        tags = [Tag(int(i), self.labels[int(i)].name, float(scores[i])) for i in order]
+        events = self.detector.update(result.window, scores)
+        self.stats.record(result.latency_ms, result.inference_ms)
+        with self._sink_lock:
+            for sink in self.sinks:
+                sink.scores(result, tags)
+            for event in events:
+                for sink in self.sinks:
+                    sink.event(event)
+
+    # -- reading thread ---------------------------------------------------------------------------
+
+    def _push(self, samples: np.ndarray) -> None:
+        if samples.shape[0] == 0:
+            return
+        start = self.windower.total
+        self.frontend.push(samples)
+        for sink in self._audio_sinks:
+            sink.audio(samples, start)
+        self._enqueue(self.windower.push(samples.shape[0]))
+
+    def _enqueue(self, windows) -> None:
+        for window in windows:
+            job = WindowJob(window, self.frontend.features(window.start, window.end), time.perf_counter())
+            dropped_before = self.queue.dropped
+            self.queue.put(job, block=self.lossless)
+            if self.queue.dropped > dropped_before:
+                with self.stats.lock:
+                    self.stats.dropped_windows = self.queue.dropped
+        self.stats.stream_s = self.windower.total / self.config.sample_rate_hz
+
+    def run(self, stop: threading.Event | None = None) -> dict:
+        """Listen until the source ends or ``stop`` is set; returns the run summary."""
+        stop = stop or threading.Event()
+        resampler = StreamResampler(self.source.sample_rate, self.config.sample_rate_hz)
+        worker = InferenceWorker(self.backend, self.queue, self._on_result)
+        worker.start()
+        expected = 0
+        try:
+            for index, block in self.source.blocks(stop):
+                if worker.error is not None:
+                    break
+                if index > expected:  # lost input: silence keeps the timeline true
+                    gap = index - expected
+                    self.stats.lost_input_s += gap / self.source.sample_rate
+                    self._push(resampler.process(np.zeros((gap, block.shape[1]), dtype=np.float32)))
+                expected = index + block.shape[0]
+                self._push(resampler.process(block))
+                self.stats.restarts = getattr(self.source, "restarts", 0)
+            if worker.error is None:
+                self._push(resampler.flush())
+                self._enqueue(self.windower.finish())
+        finally:
+            self.queue.close()
+            worker.join()
+            end_s = self.windower.total / self.config.sample_rate_hz
+            with self._sink_lock:
+                for event in self.detector.finish(end_s):
+                    for sink in self.sinks:
+                        sink.event(event)
+                for sink in self.sinks:
+                    try:
+                        sink.close()
+                    except Exception as e:  # one failing sink must not keep the others from flushing
+                        logger.error("closing %s failed: %s", type(sink).__name__, e)
+        if worker.error is not None:
+            raise DymnEdgeError(f"inference failed: {worker.error}") from worker.error
+        return self.stats.summary()

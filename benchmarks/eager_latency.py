@@ -31,7 +31,7 @@ import torch
 from dymn_edge.runtime.machine import machine_info
 from dymn_edge.train.models import DyMN, create_model
 
-__all__ = ["MODELS", "INPUT_SHAPE", "build", "machine", "measure", "main"]
+__all__ = ["MODELS", "INPUT_SHAPE", "build", "measure", "main"]
 
 logger = logging.getLogger(__name__)
 

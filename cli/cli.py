@@ -329,7 +329,13 @@ def listen(model, backend, threads, backend_device, device, list_devices, input_
     click.echo(
         f"listened to {summary['stream_s']:.1f} s in {summary['wall_s']:.1f} s: {summary['windows']} windows, "
         f"{summary['events']} events, {summary['dropped_windows']} dropped, latency median {summary['latency_ms_median']:.0f} ms, "
-        f"CPU {summary['cpu_percent']:.0f}%", err=True)
+        f"CPU {summary['cpu_percent']:.0f}% ({_steady(summary)}), restarts {summary['restarts']}, lost input {summary['lost_input_s']:.1f} s",
+        err=True)
+
+
+def _steady(summary: dict) -> str:
+    steady = summary.get("cpu_percent_steady")
+    return "steady n/a" if steady is None else f"steady {steady:.1f}%"
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from dymn_edge.loader import load_tagger
 from dymn_edge.runtime.frontend import FrontendConfig
@@ -52,7 +51,7 @@ def run_listen(model, *, backend, threads, backend_device, device, input_spec, i
                window_s, hop_s, label_names, threshold, thresholds_file, offset_ratio, min_duration_s, smoothing, top_k,
                jsonl, mqtt_url, mqtt_scores, record_events, queue_size, max_seconds, view) -> dict:
     source = open_source(input_spec, device=device, input_rate=input_rate, input_format=input_format, input_channels=input_channels)
-    tagger = load_tagger(model, backend, threads=threads, device=backend_device)
+    tagger = load_tagger(model, backend, threads=threads, device=backend_device, spin=False)
     labels = tagger.labels
     classes = resolve_labels(label_names, labels) if label_names else None
     thresholds = load_thresholds(thresholds_file, labels, threshold) if thresholds_file else threshold

@@ -60,6 +60,7 @@ def load_tagger(
     threads: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    spin: bool = True,
 ) -> Tagger:
     """Resolve ``spec`` (None = embedded default) and open it on ``backend`` (None = the natural one)."""
     source = resolve_model(spec, progress=progress)
@@ -74,7 +75,7 @@ def load_tagger(
         return torch_tagger(source.path, name=source.name, expect=source.expect, threads=threads)
     if bundle is None:
         bundle = bundle_for_checkpoint(source)
-    return Tagger.from_bundle(bundle, backend, threads=threads, device=device)
+    return Tagger.from_bundle(bundle, backend, threads=threads, device=device, spin=spin)
 
 
 def load_torch_model(spec: str | Path):

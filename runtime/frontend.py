@@ -126,6 +126,24 @@ def kaldi_mel_banks(
 
 
 @lru_cache(maxsize=16)
+def _sparse_banks(config: "FrontendConfig"):
+    """The filterbank as (columns, weights, band starts) over its nonzero bins, or None if a band is empty.
+
+    Each triangle covers a few contiguous bins (947 nonzeros of 128 x 513), so gathering those
+    bins and summing per band does the dense product's work at a third of its cost; the results
+    agree to 4e-16 relative (summation order).
+    """
+    banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate_hz, config.f_min_hz, config.f_max_hz)
+    nonzero = [np.flatnonzero(row) for row in banks]
+    if any(len(z) == 0 for z in nonzero):
+        return None
+    columns = np.concatenate(nonzero)
+    weights = np.concatenate([banks[i, z] for i, z in enumerate(nonzero)])
+    starts = np.cumsum([0] + [len(z) for z in nonzero[:-1]])
+    return columns, weights, starts
+
+
+@lru_cache(maxsize=16)
 def _padded_window(win_length: int, n_fft: int) -> np.ndarray:
     """Symmetric Hann window (torch ``periodic=False``) centred in n_fft zeros, as torch.stft pads it."""
     n = np.arange(win_length, dtype=np.float64)
@@ -172,12 +190,18 @@ def frame_log_mel(segments: np.ndarray, config: FrontendConfig = FrontendConfig(
     The per-frame core of ``log_mel``, shared with the streaming frontend so both compute every
     frame the same way.
     """
+    sparse = _sparse_banks(config)
     banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate_hz, config.f_min_hz, config.f_max_hz)
     window = _padded_window(config.win_length, config.n_fft)
     mel = np.empty((segments.shape[0], banks.shape[0]), dtype=np.float64)
     for start in range(0, segments.shape[0], _BLOCK_FRAMES):
         spec = np.fft.rfft(segments[start : start + _BLOCK_FRAMES] * window, axis=-1)
-        mel[start : start + _BLOCK_FRAMES] = (spec.real**2 + spec.imag**2) @ banks.T
+        power = spec.real**2 + spec.imag**2
+        if sparse is None:
+            mel[start : start + _BLOCK_FRAMES] = power @ banks.T
+        else:
+            columns, weights, starts = sparse
+            mel[start : start + _BLOCK_FRAMES] = np.add.reduceat(power[:, columns] * weights, starts, axis=1)
     return ((np.log(mel + config.log_offset) + config.norm_shift) / config.norm_scale).astype(np.float32)
 
 

@@ -115,10 +115,11 @@ class Tagger:
         self.sample_rate_hz = sample_rate_hz
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, backend: str = "onnxruntime", *, threads: int | None = None, device: str | None = None) -> "Tagger":
+    def from_bundle(cls, bundle: Bundle, backend: str = "onnxruntime", *, threads: int | None = None, device: str | None = None,
+                    spin: bool = True) -> "Tagger":
         """The torch-free path: numpy frontend + an ONNX Runtime or OpenVINO session on the bundle."""
         return cls(
-            LogMel(bundle.frontend), create_backend(backend, bundle, threads=threads, device=device), bundle.labels,
+            LogMel(bundle.frontend), create_backend(backend, bundle, threads=threads, device=device, spin=spin), bundle.labels,
             model_name=bundle.name, sample_rate_hz=bundle.frontend.sample_rate_hz,
         )
 

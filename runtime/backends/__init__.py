@@ -29,18 +29,22 @@ def check_against_manifest(backend: Backend, bundle: Bundle) -> None:
         raise BundleError(f"{bundle.path}: model does not match its manifest: " + "; ".join(problems))
 
 
-def create_backend(name: str, bundle: Bundle, *, threads: int | None = None, device: str | None = None) -> Backend:
-    """Open the bundle's model on backend ``name`` (onnxruntime or openvino), checked against the manifest."""
-    backend = _open(name, bundle, threads=threads, device=device)
+def create_backend(name: str, bundle: Bundle, *, threads: int | None = None, device: str | None = None, spin: bool = True) -> Backend:
+    """Open the bundle's model on backend ``name`` (onnxruntime or openvino), checked against the manifest.
+
+    ``spin=False`` stops ONNX Runtime's idle threads from busy-waiting between runs: right for a
+    stream that runs the model once a hop, wrong for back-to-back batch work.
+    """
+    backend = _open(name, bundle, threads=threads, device=device, spin=spin)
     check_against_manifest(backend, bundle)
     return backend
 
 
-def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None) -> Backend:
+def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None, spin: bool = True) -> Backend:
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(bundle.require("onnx"), threads=threads)
+        return OnnxRuntimeBackend(bundle.require("onnx"), threads=threads, spin=spin)
     if name == "openvino":
         from .openvino import OpenVinoBackend
 

@@ -26,7 +26,8 @@ def preferred_providers(available: list[str]) -> list[str]:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, model_path: str | Path, *, threads: int | None = None, providers: list[str] | None = None,
+                 spin: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -39,6 +40,10 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spin:
+            # Idle pool threads otherwise busy-wait after every run, taking a core from the rest of a
+            # streaming pipeline (file mode at 2 threads: 2.8 s -> see docs/streaming.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         if providers is None:
             providers = preferred_providers(available)

@@ -84,7 +84,7 @@ def resolve_device(spec: str | int | None) -> dict:
 class MicrophoneSource:
     realtime = True
 
-    def __init__(self, device: str | int | None = None, *, block_s: float = 0.05, ring_s: float = 30.0) -> None:
+    def __init__(self, device: str | int | None = None, *, block_s: float = 0.1, ring_s: float = 30.0) -> None:
         self.sd = _sd()
         info = resolve_device(device)
         self.device_spec = device
@@ -94,6 +94,7 @@ class MicrophoneSource:
         self.block = max(1, int(block_s * self.sample_rate))
         self.ring = FrameRing(int(ring_s * self.sample_rate), self.channels)
         self.overflows = 0
+        self._overflows_logged = 0
         self.restarts = 0
         self.lost_s = 0.0
         self._last_callback = 0.0
@@ -119,6 +120,8 @@ class MicrophoneSource:
         try:
             while not stop.is_set():
                 start, block = self.ring.read(timeout=0.1)
+                if self.overflows > self._overflows_logged or self.ring.dropped_frames:
+                    self._log_overflows()
                 if block.shape[0]:
                     if lost_at is not None:
                         # Frames the outage cost, measured on the clock; the listener fills them with silence.
@@ -147,6 +150,18 @@ class MicrophoneSource:
         finally:
             self._close(stream)
             self.ring.close()
+
+    def _log_overflows(self) -> None:
+        """Input overflows mean this process was starved of CPU; they are logged and counted (the
+        lost audio becomes silence). The stream is not restarted for them: the device is fine, and
+        a restart would lose another ~2 s."""
+        if self.overflows > self._overflows_logged:
+            logger.warning("input overflow on %r (%d so far): audio was lost; is the machine overloaded?", self.name, self.overflows)
+            self._overflows_logged = self.overflows
+        if self.ring.dropped_frames:
+            self.lost_s += self.ring.dropped_frames / self.sample_rate
+            logger.warning("capture ring overflowed: %.2f s of audio dropped", self.ring.dropped_frames / self.sample_rate)
+            self.ring.dropped_frames = 0
 
     def _reopen(self, stop: threading.Event, backoff: float):
         """Open the device again, waiting with exponential backoff until it is back (None if stopped)."""

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..frontend import FrontendConfig, frame_log_mel, log_mel, n_frames, preemphasized_padded, stft_segments
+from ..frontend import FrontendConfig, frame_log_mel, log_mel, n_frames, stft_segments
 
 __all__ = ["IncrementalLogMel"]
 
@@ -76,14 +76,18 @@ class IncrementalLogMel:
         count = n_frames(length, self.config)
         lo = self._f0  # first interior frame of the window
         hi = (length - 1 - self._half) // self._hop  # last interior frame
-        if start % self._hop or hi < lo:
+        offset = (hi + 1 - lo) * self._hop  # where the tail stretch for the right edge frames starts
+        if start % self._hop or hi < lo or length - offset < self.config.min_samples:
             self.full_recomputes += 1
             return log_mel(audio, self.config)
         out = np.empty((self.config.n_mels, count), dtype=np.float32)
         first_cached = self._next - self._frames.shape[0]
         g = start // self._hop
         out[:, lo : hi + 1] = self._frames[g + lo - first_cached : g + hi + 1 - first_cached].T
-        edges = list(range(lo)) + list(range(hi + 1, count))
-        segments = stft_segments(preemphasized_padded(audio, self.config), count, self.config)[edges]
-        out[:, edges] = frame_log_mel(segments, self.config).T
+        # Edge frames from short stretches at each end: the head's first ``lo`` frames and, from a
+        # tail starting ``hi + 1 - lo`` frames in, the frames after ``lo`` see exactly the
+        # window's own reflect padding and nothing of the stretch's other end.
+        head = audio[: min(length, lo * self._hop + self.config.n_fft)]
+        out[:, :lo] = log_mel(head, self.config)[:, :lo]
+        out[:, hi + 1 :] = log_mel(audio[offset:], self.config)[:, lo:]
         return out

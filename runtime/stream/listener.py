@@ -31,6 +31,43 @@ from .worker import DropOldestQueue, InferenceWorker, WindowJob, WindowResult
 
 __all__ = ["ListenOptions", "Listener"]
 
+_DONE = object()
+
+
+def _prefetch(generator, stop: threading.Event, depth: int = 2):
+    """Run ``generator`` in a thread, ``depth`` items ahead of the consumer; errors are re-raised here."""
+    import queue
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+
+    def fill():
+        try:
+            for item in generator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # handed to the consumer
+            failure.append(e)
+        finally:
+            items.put(_DONE)
+
+    thread = threading.Thread(target=fill, name="dymn-reader", daemon=True)
+    thread.start()
+    while True:
+        item = items.get()
+        if item is _DONE:
+            break
+        yield item
+    thread.join()
+    if failure:
+        raise failure[0]
+
 logger = logging.getLogger(__name__)
 
 
@@ -106,26 +143,41 @@ class Listener:
                     self.stats.dropped_windows = self.queue.dropped
         self.stats.stream_s = self.windower.total / self.config.sample_rate_hz
 
+    def _resampled(self, stop: threading.Event, resampler: StreamResampler):
+        """Model-rate audio from the source, gaps filled with silence, the resampler flushed at the end.
+
+        For files, decoding and resampling run one block ahead in a thread of their own (both release
+        the GIL), overlapping with the frontend here and the model in the worker.
+        """
+        def produce():
+            expected = 0
+            for index, block in self.source.blocks(stop):
+                if index > expected:  # lost input: silence keeps the timeline true
+                    gap = index - expected
+                    self.stats.lost_input_s += gap / self.source.sample_rate
+                    yield resampler.process(np.zeros((gap, block.shape[1]), dtype=np.float32))
+                expected = index + block.shape[0]
+                yield resampler.process(block)
+            yield resampler.flush()
+
+        if self.source.realtime:
+            yield from produce()
+            return
+        yield from _prefetch(produce(), stop)
+
     def run(self, stop: threading.Event | None = None) -> dict:
         """Listen until the source ends or ``stop`` is set; returns the run summary."""
         stop = stop or threading.Event()
         resampler = StreamResampler(self.source.sample_rate, self.config.sample_rate_hz)
         worker = InferenceWorker(self.backend, self.queue, self._on_result)
         worker.start()
-        expected = 0
         try:
-            for index, block in self.source.blocks(stop):
+            for samples in self._resampled(stop, resampler):
                 if worker.error is not None:
                     break
-                if index > expected:  # lost input: silence keeps the timeline true
-                    gap = index - expected
-                    self.stats.lost_input_s += gap / self.source.sample_rate
-                    self._push(resampler.process(np.zeros((gap, block.shape[1]), dtype=np.float32)))
-                expected = index + block.shape[0]
-                self._push(resampler.process(block))
+                self._push(samples)
                 self.stats.restarts = getattr(self.source, "restarts", 0)
             if worker.error is None:
-                self._push(resampler.flush())
                 self._enqueue(self.windower.finish())
         finally:
             self.queue.close()

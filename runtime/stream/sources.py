@@ -60,8 +60,11 @@ class FileSource:
     def blocks(self, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
         index = 0
         with sf.SoundFile(str(self.path)) as f:
-            for block in f.blocks(blocksize=self.block, dtype="float32", always_2d=True):
-                if stop.is_set():
+            # read() into a fresh buffer: without ``out`` (and in blocks()) soundfile asks libsndfile
+            # where it is before every block, a seek that costs ~0.4 ms per call on FLAC.
+            while not stop.is_set():
+                block = f.read(dtype="float32", out=np.empty((self.block, self.channels), dtype=np.float32))
+                if block.shape[0] == 0:
                     return
                 if not np.isfinite(block).all():
                     raise AudioFormatError(f"{self.path}: NaN/inf samples near {index / self.sample_rate:.2f} s")

@@ -22,6 +22,7 @@ class StreamStats:
     lost_input_s: float = 0.0  # audio lost to input overflows or device outages (replaced by silence)
     restarts: int = 0  # input stream restarts
     first_result_s: float | None = None  # wall seconds from start to the first scores
+    _steady: tuple[float, float] | None = None  # (process time, wall) at the first scores
     latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
     inference_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -33,11 +34,19 @@ class StreamStats:
             self.inference_ms.append(inference_ms)
             if self.first_result_s is None:
                 self.first_result_s = time.perf_counter() - self.started
+                self._steady = (time.process_time(), time.perf_counter())
 
     def cpu_percent(self) -> float:
         """Average CPU use since start, in percent of one core."""
         wall = time.perf_counter() - self.started
         return 100.0 * (time.process_time() - self.cpu_started) / wall if wall > 0 else 0.0
+
+    def steady_cpu_percent(self) -> float | None:
+        """CPU use since the first result: the running cost, without start-up (model load, device open)."""
+        if self._steady is None:
+            return None
+        wall = time.perf_counter() - self._steady[1]
+        return 100.0 * (time.process_time() - self._steady[0]) / wall if wall > 1.0 else None
 
     def summary(self) -> dict:
         with self.lock:
@@ -52,5 +61,6 @@ class StreamStats:
                 "latency_ms_median": round(float(np.median(lat)), 2), "latency_ms_p90": round(float(np.percentile(lat, 90)), 2),
                 "inference_ms_median": round(float(np.median(inf)), 2),
                 "cpu_percent": round(self.cpu_percent(), 1),
+                "cpu_percent_steady": None if self.steady_cpu_percent() is None else round(self.steady_cpu_percent(), 1),
                 "first_result_s": None if self.first_result_s is None else round(self.first_result_s, 3),
             }

@@ -2,7 +2,6 @@
 
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """Live terminal view (rich): current top labels with bars, recent events, latency, CPU, drops.
 
-Drawn on stderr at a few frames per second by rich's own refresh thread, so a slow terminal
+Drawn on stderr twice a second by rich's own refresh thread, so a slow terminal
 never holds up inference; stdout stays free for ``--jsonl -``.
 """
 
@@ -33,7 +33,7 @@ class TerminalView:
         self._recent = recent
         self._lock = threading.Lock()
         self._live = Live(get_renderable=self._render, console=console or Console(stderr=True),
-                          refresh_per_second=4, transient=False)
+                          refresh_per_second=2, transient=False)
         self._live.start()
 
     def scores(self, result: WindowResult, tags: list[Tag]) -> None:
@@ -53,7 +53,7 @@ class TerminalView:
             tags, (start, end), events = list(self._tags), self._window, list(self._events.values())
         head = Text.assemble(
             (f"{self.title}  ", "bold"), f"stream {s['stream_s']:.1f} s   window {start:.1f}-{end:.1f} s   ",
-            f"latency {s['latency_ms_median']:.0f} ms (p90 {s['latency_ms_p90']:.0f})   CPU {s['cpu_percent']:.0f}%   ",
+            f"latency {s['latency_ms_median']:.0f} ms (p90 {s['latency_ms_p90']:.0f})   CPU {s['cpu_percent_steady'] or s['cpu_percent']:.0f}%   ",
             (f"dropped {s['dropped_windows']}", "red" if s["dropped_windows"] else ""),
             (f"   lost input {s['lost_input_s']:.1f} s" if s["lost_input_s"] else "", "red"),
         )

@@ -40,6 +40,7 @@ extras = {
     "openvino": ["openvino>=2024.0"],
     "mic": ["sounddevice>=0.4.6"],
     "mqtt": ["paho-mqtt>=2.0"],
+    "calibrate": ["nncf>=2.14", "matplotlib>=3.7"],
     "tensorrt": ["tensorrt>=8.5", "cuda-python>=12.0"],
     "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scikit-learn>=1.3", "sounddevice>=0.4.6", "paho-mqtt>=2.0"],
 }

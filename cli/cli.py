@@ -338,6 +338,75 @@ def _steady(summary: dict) -> str:
     return "steady n/a" if steady is None else f"steady {steady:.1f}%"
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--audio", required=True, type=click.Path(exists=True, path_type=Path), metavar="DIR|CSV", help="Calibration audio: a folder, or a CSV of path[,labels].")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="INT8 bundle folder to write (not needed with --sensitivity).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--keep-fp", multiple=True, metavar="PATTERN",
+              help="Keep matching nodes in floating point: attention, context, stem, classifier, or a glob on node names/types. Repeatable.")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Windows to calibrate on (class-balanced when labels are known).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--accuracy-control", is_flag=True, help="OpenVINO: NNCF's accuracy-controlled quantization against --validation-audio.")
+@click.option("--validation-audio", type=click.Path(exists=True, path_type=Path), default=None, metavar="DIR|CSV",
+              help="Held-out audio for --accuracy-control and --sensitivity (disjoint from --audio).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=0.01, show_default=True, help="Accuracy control: largest metric drop allowed.")
+@click.option("--tensorrt-version", default="8.5.2", show_default=True, help="TensorRT version the calibration cache header names.")
+@click.option("--sensitivity", is_flag=True, help="Rank the model's parts by the damage INT8 does to each alone, print the table, write nothing.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+def calibrate(bundle, audio, out, backend, method, keep_fp, samples, seed, accuracy_control, validation_audio, max_drop,
+              tensorrt_version, sensitivity, force):
+    """Quantize an FP32 bundle to INT8 for a backend, calibrated on real audio through the runtime's frontend."""
+    from dymn_edge.calibration.calibrate import calibrate_bundle
+
+    if sensitivity:
+        from dymn_edge.calibration.session import sensitivity_table
+        from dymn_edge.display import print_sensitivity
+
+        print_sensitivity(sensitivity_table(bundle, audio, validation_audio, method=method, samples=samples, seed=seed))
+        return
+    if out is None:
+        raise click.UsageError("--out is required (unless --sensitivity)")
+    result = calibrate_bundle(bundle, audio, out, backend=backend, method=method, keep_fp=list(keep_fp), samples=samples, seed=seed,
+                              accuracy_control=accuracy_control, validation_audio=validation_audio, max_drop=max_drop,
+                              tensorrt_version=tensorrt_version, overwrite=force)
+    q = result.manifest["quantization"]
+    click.echo(f"{result.path}: INT8 for {backend} ({method}), {q['windows']} windows from {q['files']} files"
+               + (f", {len(q['skipped_files'])} skipped" if q["skipped_files"] else ""))
+    for name, verdict in result.manifest.get("lint", {}).items():
+        if not verdict["passed"]:
+            click.echo(f"  lint {name}: FAIL ({verdict['errors']} errors; dymn-edge lint {result.path} --target {name} --int8)")
+
+
+@cli.command()
+@click.option("--reference", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="The FP32 bundle.")
+@click.option("--candidate", "candidates", multiple=True, required=True, metavar="BUNDLE[@BACKEND]",
+              help="Bundle(s) to judge against the reference; @openvino/@onnxruntime picks the backend. Repeatable.")
+@click.option("--audio", required=True, type=click.Path(exists=True, path_type=Path), metavar="DIR|CSV")
+@click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV of file,labels for the files of --audio (else labels come from an --audio CSV, if it has them).")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for report.html, report.json and plots.")
+@click.option("--gate", "gates", multiple=True, metavar="NAME=VALUE", help="e.g. map_drop=0.005, top5_agreement=0.95. Repeatable.")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Validate on at most this many windows.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Inference threads for every model.")
+def validate(reference, candidates, audio, labels_csv, report, gates, samples, threads):
+    """Judge quantized (or any) bundles against a reference on real audio; exit 1 when a gate fails."""
+    from dymn_edge.calibration.session import validate_bundles
+    from dymn_edge.display import print_validation
+
+    result, html_path = validate_bundles(reference, list(candidates), audio, labels_csv=labels_csv, report=report,
+                                         gates=list(gates), samples=samples, threads=threads)
+    print_validation(result)
+    click.echo(f"report: {html_path}")
+    failed = [(c["name"], g) for c in result["candidates"] for g in c["gates"] if not g["passed"]]
+    if failed:
+        for name, g in failed:
+            value = "n/a" if g["value"] is None else f"{g['value']:.4g}"
+            click.echo(f"gate failed: {name}: {g['gate']} = {value}, must be {g['direction']} {g['threshold']:g}", err=True)
+        raise click.exceptions.Exit(1)
+
+
 def main() -> None:
     cli(prog_name="dymn-edge")
 

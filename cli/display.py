@@ -10,7 +10,7 @@ from rich.table import Table
 
 from dymn_edge.runtime.tagging import Tag, TagResult
 
-__all__ = ["print_benchmark", "print_info", "print_lint", "print_registry", "print_tag_result"]
+__all__ = ["print_benchmark", "print_info", "print_lint", "print_registry", "print_sensitivity", "print_tag_result", "print_validation"]
 
 _BAR_WIDTH = 20
 
@@ -126,3 +126,35 @@ def print_lint(bundle: Any, reports: list[Any]) -> None:
         mark = "[red]error[/red]" if f.severity == "error" else "[yellow]warn[/yellow]"
         detail.add_row(target, mark, f.check, f.where, f.message)
     console.print(detail)
+
+
+def print_validation(result: dict[str, Any]) -> None:
+    """Reference and candidates side by side: accuracy with labels, fidelity, latency, gates."""
+    console = _console(min_width=150)
+    ref = result["reference"]
+    table = Table(title=f"validation: {result['settings']['windows']} windows from {result['settings']['files']} files", title_justify="left")
+    for col in ("model", "backend", "precision", "ms", "mAP", "top-5 hit", "top-1 agr", "top-5 agr", "mAP vs ref", "KL", "max |dlogit|", "gates"):
+        table.add_column(col, justify="left" if col in ("model", "backend", "precision", "gates") else "right")
+    def fmt(v, spec=".3f"):
+        return "" if v is None else format(v, spec)
+    lab = ref["labelled"] or {}
+    table.add_row(f"{ref['name']} (ref)", ref["backend"], ref["precision"], f"{ref['latency_ms']:.2f}", fmt(lab.get("map")), fmt(lab.get("top5_hit")),
+                  "", "", "", "", "", "")
+    for c in result["candidates"]:
+        lab, fid = c["labelled"] or {}, c["fidelity"]
+        gates = "" if not c["gates"] else ("[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]")
+        table.add_row(c["name"], c["backend"], c["precision"], f"{c['latency_ms']:.2f}", fmt(lab.get("map")), fmt(lab.get("top5_hit")),
+                      fmt(fid["top1_agreement"]), fmt(fid["top5_agreement"]), fmt(fid["map_vs_reference"]), fmt(fid["mean_kl"], ".2e"),
+                      fmt(fid["max_logit_error"], ".2f"), gates)
+    console.print(table)
+
+
+def print_sensitivity(result: dict[str, Any]) -> None:
+    console = _console(min_width=100)
+    table = Table(title=f"INT8 sensitivity of {result['bundle']} ({result['method']}; {result['calibration_windows']} calibration / "
+                        f"{result['validation_windows']} validation windows, {result['validation']}): most harmful first", title_justify="left")
+    for col in ("part quantized alone", "nodes", "top-5 agreement", "top-1 agreement", "mean KL", "max |dlogit|"):
+        table.add_column(col, justify="left" if col.startswith("part") else "right")
+    for r in result["rows"]:
+        table.add_row(r["part"], str(r["nodes"]), f"{r['top5_agreement']:.3f}", f"{r['top1_agreement']:.3f}", f"{r['mean_kl']:.2e}", f"{r['max_logit_error']:.2f}")
+    console.print(table)

@@ -12,6 +12,7 @@ Layout::
       model.onnx        role "onnx"
       model.onnx.data   role "onnx_data" (the weights as ONNX external data; bundles before 0.1 inline them)
       model.openvino.onnx  role "onnx_openvino" (+ ".data"; optional: --strategy auto chose another strategy for OpenVINO)
+      model.fp32.onnx   role "onnx_fp32" (+ ".data"; TensorRT INT8 bundles: the FP32 graph its calibration.cache describes)
       model.pt          role "checkpoint" (optional: lets the torch backend run the same bundle)
       labels.csv        role "labels"
 """
@@ -51,7 +52,7 @@ FORMAT_NAME = "dymn-edge-bundle"
 FORMAT_VERSION = 1
 # What a payload file is for; a bundle holds at most one file per role.
 ROLES = (
-    "onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "checkpoint", "labels",
+    "onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "onnx_fp32", "onnx_fp32_data", "checkpoint", "labels",
     "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache",
 )
 MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine")

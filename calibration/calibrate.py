@@ -1,0 +1,205 @@
+"""FP32 bundle + calibration audio -> INT8 bundle for one backend; and per-layer sensitivity.
+
+* ``onnxruntime``: a static QDQ model (``ort_qdq``), run by the runtime's ONNX Runtime backend.
+* ``openvino``: an NNCF-quantized IR (``nncf_ov``), optionally with accuracy control.
+* ``tensorrt``: an explicitly quantized Q/DQ model that TensorRT 8.6+/10 builds directly, the FP32
+  model, and a calibration cache in TensorRT's format for the implicit INT8 calibrators of
+  TensorRT 8.5 (JetPack 5), both from the same audio (``trt_int8``). The Q/DQ model must pass
+  TensorRT's explicit-quantization rules and the cache must cover every tensor, or nothing is written.
+
+The INT8 bundle records how it was made (backend, method, samples, files, excluded parts, tool
+versions) and is linted for INT8.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dymn_edge import __version__
+from dymn_edge.runtime.bundle import Bundle, load_bundle, write_bundle
+from dymn_edge.runtime.errors import BundleError, CalibrationError
+
+from .dataset import FeatureSet, build_feature_set
+from .ort_qdq import collect_ranges, quantize_qdq
+
+__all__ = ["BACKENDS", "calibrate_bundle", "sensitivity"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+
+
+def _onnx_files(path: Path, name: str, role: str, stage: Path) -> dict[str, tuple[Path, str]]:
+    """An ONNX model as bundle files ``name`` + ``name.data`` (the graph names its weights file, so
+    the pair is re-saved under the names it will have in the bundle)."""
+    import onnx
+
+    folder = stage / f"staged-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(onnx.load(str(path)), str(folder / name), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{name}.data", size_threshold=1024)
+    return {name: (folder / name, role), f"{name}.data": (folder / f"{name}.data", f"{role}_data")}
+
+
+def _metric_top5_agreement(reference_logits: np.ndarray):
+    def metric(run, features: FeatureSet) -> float:
+        got = np.concatenate([run(x) for x in features.features])
+        ref_top = np.argsort(-reference_logits, axis=1)[:, :5]
+        got_top = np.argsort(-got, axis=1)[:, :5]
+        return float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ref_top, got_top)]))
+    return metric
+
+
+def _metric_map(targets: np.ndarray):
+    from dymn_edge.runtime.metrics import average_precision
+
+    classes = np.flatnonzero(targets.sum(axis=0) > 0)
+
+    def metric(run, features: FeatureSet) -> float:
+        scores = np.concatenate([run(x) for x in features.features])
+        return float(np.mean([average_precision(scores[:, c], targets[:, c]) for c in classes]))
+    return metric
+
+
+def calibrate_bundle(
+    source: str | Path | Bundle,
+    audio: str | Path,
+    dest: str | Path,
+    *,
+    backend: str = "onnxruntime",
+    method: str = "minmax",
+    keep_fp: list[str] = (),
+    samples: int | None = None,
+    seed: int = 0,
+    accuracy_control: bool = False,
+    validation_audio: str | Path | None = None,
+    max_drop: float = 0.01,
+    tensorrt_version: str = "8.5.2",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Bundle:
+    """Write an INT8 bundle for ``backend`` at ``dest``; see the module docstring."""
+    if backend not in BACKENDS:
+        raise CalibrationError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if accuracy_control and backend != "openvino":
+        raise CalibrationError("--accuracy-control is NNCF's: it needs --backend openvino")
+    if accuracy_control and validation_audio is None:
+        raise CalibrationError("--accuracy-control needs --validation-audio (files disjoint from the calibration audio)")
+    bundle = source if isinstance(source, Bundle) else load_bundle(source)
+    if bundle.precision != "fp32":
+        raise BundleError(f"{bundle.path}: calibration starts from an FP32 bundle; this one is {bundle.precision}")
+    onnx_path = bundle.require("onnx", hint="; export it with `dymn-edge export onnx` first")
+    data = build_feature_set(audio, config=bundle.frontend, window_s=bundle.window_s, labels=bundle.labels,
+                             samples=samples, seed=seed, progress=progress)
+    logger.info("calibrating on %d windows from %d files (%d skipped)", len(data), len(data.files), len(data.skipped))
+    extra: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if backend == "onnxruntime":
+            info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp))
+            files = _onnx_files(tmp / "model.onnx", "model.onnx", "onnx", tmp)
+        elif backend == "openvino":
+            from .nncf_ov import quantize_openvino
+
+            control = None
+            if accuracy_control:
+                validation = build_feature_set(validation_audio, config=bundle.frontend, window_s=bundle.window_s,
+                                               labels=bundle.labels, progress=progress)
+                overlap = set(validation.files) & set(data.files)
+                if overlap:
+                    raise CalibrationError(f"calibration and validation audio share {len(overlap)} file(s), e.g. {sorted(overlap)[0]}")
+                if validation.targets is not None and validation.targets.any():
+                    metric = _metric_map(validation.targets)
+                else:
+                    from .validate import run_model
+
+                    metric = _metric_top5_agreement(run_model(bundle, validation, timed_runs=0).logits)
+                control = (validation, metric, max_drop)
+            model_path = bundle.file("onnx_openvino") or onnx_path
+            info = quantize_openvino(model_path, tmp / "model.xml", data, method=method, keep_fp=list(keep_fp), accuracy_control=control)
+            files = {"model.xml": (tmp / "model.xml", "openvino_xml"), "model.bin": (tmp / "model.bin", "openvino_bin")}
+        else:
+            from .trt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
+
+            info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), flavour="tensorrt")
+            problems = check_qdq(tmp / "model.onnx")
+            if problems:
+                raise CalibrationError("the Q/DQ model breaks TensorRT's explicit-quantization rules: " + "; ".join(problems[:5]))
+            cache_method = method if method in ("entropy", "minmax") else "entropy"
+            ranges = collect_ranges(onnx_path, data, method=cache_method)
+            cache = write_calibration_cache(ranges, tmp / "calibration.cache", method=cache_method, tensorrt_version=tensorrt_version)
+            header, scales = read_calibration_cache(cache)
+            missing = cache_coverage(onnx_path, scales)
+            if missing:
+                raise CalibrationError(f"the calibration cache misses {len(missing)} tensor(s), e.g. {missing[:3]}")
+            files = {**_onnx_files(tmp / "model.onnx", "model.onnx", "onnx", tmp),
+                     **_onnx_files(Path(onnx_path), "model.fp32.onnx", "onnx_fp32", tmp),
+                     "calibration.cache": (cache, "calibration_cache")}
+            extra["tensorrt"] = {"explicit_qdq": "model.onnx (TensorRT 8.6+/10: build it as it is)",
+                                 "implicit": "model.fp32.onnx + calibration.cache (TensorRT 8.5 INT8 calibrator)",
+                                 "cache_header": header, "cache_tensors": len(scales)}
+        metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files", "lint", "openvino", "parity")}
+        metadata["precision"] = "int8"
+        metadata["quantization"] = {
+            "backend": backend, **info, "windows": len(data), "files": len(data.files), "skipped_files": [p for p, _ in data.skipped],
+            "audio": str(audio), "seed": seed, "keep_fp": list(keep_fp), "source_bundle": bundle.name,
+            "producer": f"dymn-edge {__version__}", **extra,
+        }
+        out = write_bundle(dest, files, metadata, labels=bundle.labels, overwrite=overwrite)
+    if out.file("onnx") is not None:
+        from dymn_edge.export.lint import lint_bundle
+
+        lint_bundle(out, ["tensorrt", "onnxruntime"] if backend == "tensorrt" else ["onnxruntime"], int8=True)
+        out = load_bundle(out.path)
+    return out
+
+
+def _group(node_name: str) -> str:
+    match = re.match(r"^/([^/]+)/", node_name)
+    return match.group(1) if match else "other"
+
+
+def sensitivity(source: str | Path | Bundle, calibration: FeatureSet, validation: FeatureSet, *, method: str = "minmax",
+                progress: bool = True) -> list[dict]:
+    """Quantize one part of the graph at a time (ONNX Runtime QDQ) and measure the damage on ``validation``.
+
+    Parts are the model's top-level modules (stem, each block, final conv, classifier). Returned
+    most harmful first: top-5 agreement with FP32, mean KL and max logit error.
+    """
+    import onnx
+
+    from .validate import fidelity, run_model
+
+    bundle = source if isinstance(source, Bundle) else load_bundle(source)
+    onnx_path = bundle.require("onnx")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    groups: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        groups.setdefault(_group(node.name), []).append(node.name)
+    reference = run_model(bundle, validation, timed_runs=0)
+    rows = []
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=not progress) as bar, tempfile.TemporaryDirectory() as tmp:
+        task = bar.add_task("sensitivity", total=len(groups))
+        for name, nodes in groups.items():
+            dest = Path(tmp) / name
+            try:
+                quantize_qdq(onnx_path, Path(tmp) / f"{name}.onnx", calibration, method=method, nodes_to_quantize=nodes)
+            except CalibrationError as e:
+                logger.warning("sensitivity: %s could not be quantized alone (%s)", name, e)
+                bar.advance(task)
+                continue
+            metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files", "lint")}
+            files = _onnx_files(Path(tmp) / f"{name}.onnx", "model.onnx", "onnx", Path(tmp) / f"{name}-stage")
+            part = write_bundle(dest, files, {**metadata, "precision": "int8", "name": f"{bundle.name}[{name}]"}, labels=bundle.labels)
+            fid = fidelity(reference, run_model(part, validation, timed_runs=0))
+            rows.append({"part": name, "nodes": len(nodes), "top5_agreement": fid["top5_agreement"],
+                         "top1_agreement": fid["top1_agreement"], "mean_kl": fid["mean_kl"], "max_logit_error": fid["max_logit_error"]})
+            bar.advance(task)
+    return sorted(rows, key=lambda r: (r["top5_agreement"], -r["mean_kl"]))

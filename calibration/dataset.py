@@ -1,0 +1,255 @@
+"""Calibration and validation audio: files -> windows -> features, with the runtime's own frontend.
+
+Calibration must see exactly what deployment sees, so features come from ``runtime.frontend``
+on windows of the bundle's length. The input is a folder (every audio file below it) or a CSV
+with a path column (``path`` or ``filename``) and optionally a labels column (``labels`` or
+``audioset_labels``, ``;``-separated AudioSet display names or mids). With labels and a
+``samples`` budget, windows are drawn class by class in turn (class-balanced); without labels,
+evenly across files. Features are cached per file (keyed by its sha256, the frontend and the
+window), so repeated runs on the same audio skip decoding and the STFT.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dymn_edge.runtime.audio import load_audio
+from dymn_edge.runtime.checksum import sha256_file
+from dymn_edge.runtime.errors import AudioFormatError, CalibrationError
+from dymn_edge.runtime.frontend import FrontendConfig, log_mel
+from dymn_edge.runtime.labels import LabelSet
+from dymn_edge.runtime.registry import cache_dir
+
+__all__ = ["AUDIO_SUFFIXES", "MIN_SAMPLES", "AudioList", "FeatureSet", "build_feature_set", "list_audio"]
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
+MIN_SAMPLES = 16  # fewer windows than this give ranges that one loud clip dominates
+_PATH_COLUMNS = ("path", "filename", "file")
+_LABEL_COLUMNS = ("labels", "audioset_labels")
+
+
+@dataclass
+class AudioList:
+    files: list[Path]
+    labels: list[list[str]] | None  # per file, when the CSV has a labels column
+
+
+@dataclass
+class FeatureSet:
+    features: list[np.ndarray]  # each (1, 1, n_mels, frames) float32
+    windows: list[tuple[str, float]]  # (file, start second) of each feature
+    targets: np.ndarray | None  # (n, classes) 0/1 from the file labels, or None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def files(self) -> list[str]:
+        return list(dict.fromkeys(w[0] for w in self.windows))
+
+
+def list_audio(spec: str | Path, labels_csv: str | Path | None = None) -> AudioList:
+    """A folder (recursively, sorted) or a CSV of audio files.
+
+    ``labels_csv``: a CSV of file and labels for the files of folder ``spec`` (relative paths are
+    resolved against ``spec``); only the files it lists are used.
+    """
+    spec = Path(spec)
+    if labels_csv is not None:
+        listing = list_audio(labels_csv)
+        if listing.labels is None:
+            raise CalibrationError(f"{labels_csv}: no labels column (one of {', '.join(_LABEL_COLUMNS)})")
+        rows = list(csv.DictReader(Path(labels_csv).read_text(encoding="utf-8").splitlines()))
+        path_col = next(c for c in _PATH_COLUMNS if c in rows[0])
+        files = [Path(r[path_col].strip()) if Path(r[path_col].strip()).is_absolute() else spec / r[path_col].strip() for r in rows]
+        return AudioList(files, listing.labels)
+    if spec.is_dir():
+        files = sorted(p for p in spec.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        if not files:
+            raise CalibrationError(f"{spec}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+        return AudioList(files, None)
+    if not spec.is_file():
+        raise CalibrationError(f"{spec}: no such folder or CSV file")
+    try:
+        rows = list(csv.DictReader(spec.read_text(encoding="utf-8").splitlines()))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CalibrationError(f"{spec}: not a readable CSV ({e})") from e
+    columns = rows[0].keys() if rows else []
+    path_col = next((c for c in _PATH_COLUMNS if c in columns), None)
+    if path_col is None:
+        raise CalibrationError(f"{spec}: a CSV needs a column named one of {', '.join(_PATH_COLUMNS)}; it has {', '.join(columns) or 'none'}")
+    label_col = next((c for c in _LABEL_COLUMNS if c in columns), None)
+    files, labels = [], []
+    for row in rows:
+        name = row[path_col].strip()
+        candidates = [Path(name)] if Path(name).is_absolute() else [spec.parent / name, spec.parent / "audio" / name]
+        files.append(next((c for c in candidates if c.exists()), candidates[0]))
+        if label_col:
+            labels.append([x.strip() for x in (row[label_col] or "").split(";") if x.strip()])
+    return AudioList(files, labels if label_col else None)
+
+
+def _cache_key(path: Path, config: FrontendConfig, window_s: float) -> str:
+    digest = hashlib.sha256()
+    digest.update(sha256_file(path).encode())
+    digest.update(repr(sorted(config.to_dict().items())).encode())
+    digest.update(f"{window_s:.6f}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _file_features(path: Path, config: FrontendConfig, window_s: float, cache: Path | None) -> tuple[list[np.ndarray], list[float], bool]:
+    """Features of every window of a file (the last one may be shorter), start seconds, and whether it is (nearly) constant."""
+    key = _cache_key(path, config, window_s) if cache else None
+    if key and (cache / f"{key}.npz").exists():
+        with np.load(cache / f"{key}.npz") as data:
+            starts = list(data["starts"])
+            return [data[f"f{i}"] for i in range(len(starts))], starts, bool(data["constant"])
+    wave = load_audio(path, config.sample_rate_hz)
+    constant = float(np.std(wave)) < 1e-4
+    window = int(window_s * config.sample_rate_hz)
+    features, starts = [], []
+    for start in range(0, max(1, len(wave) - config.min_samples + 1), window):
+        piece = wave[start : start + window]
+        if len(piece) < config.min_samples:
+            break
+        features.append(log_mel(piece, config))
+        starts.append(start / config.sample_rate_hz)
+    if key:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(cache / f"{key}.npz", starts=np.asarray(starts), constant=constant, **{f"f{i}": f for i, f in enumerate(features)})
+    return features, starts, constant
+
+
+def _targets(names_per_file: list[list[str]], labels: LabelSet) -> np.ndarray:
+    unknown = sorted({n for names in names_per_file for n in names if _find(labels, n) is None})
+    if unknown:
+        raise CalibrationError(f"labels not in the model's ontology: {', '.join(repr(u) for u in unknown[:20])}"
+                               + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""))
+    out = np.zeros((len(names_per_file), len(labels)), dtype=np.float32)
+    for i, names in enumerate(names_per_file):
+        for n in names:
+            out[i, _find(labels, n)] = 1.0
+    return out
+
+
+def _find(labels: LabelSet, key: str) -> int | None:
+    try:
+        return labels.find(key).index
+    except KeyError:
+        return None
+
+
+def _balanced(order: list[int], file_targets: np.ndarray | None, per_file: dict[int, list[int]], budget: int, rng: random.Random) -> list[int]:
+    """Window indices: class by class in turn when labels are known, else round-robin over files."""
+    for windows in per_file.values():
+        rng.shuffle(windows)
+    if file_targets is None or not file_targets.any():
+        files = list(per_file)
+        rng.shuffle(files)
+        chosen, depth = [], 0
+        while len(chosen) < budget and any(len(per_file[f]) > depth for f in files):
+            chosen += [per_file[f][depth] for f in files if len(per_file[f]) > depth][: budget - len(chosen)]
+            depth += 1
+        return chosen
+    by_class: dict[int, list[int]] = {}
+    for f in per_file:
+        for c in np.flatnonzero(file_targets[f]):
+            by_class.setdefault(int(c), []).append(f)
+    for files in by_class.values():
+        rng.shuffle(files)
+    used: set[int] = set()
+    chosen, cursor = [], {c: 0 for c in by_class}
+    while len(chosen) < budget:
+        progress = False
+        for c in sorted(by_class):
+            files = by_class[c]
+            while cursor[c] < len(files) and not [w for w in per_file[files[cursor[c]]] if w not in used]:
+                cursor[c] += 1
+            if cursor[c] >= len(files):
+                continue
+            window = next(w for w in per_file[files[cursor[c]]] if w not in used)
+            used.add(window)
+            chosen.append(window)
+            cursor[c] = (cursor[c] + 1) % len(files) if len(files) > 1 else cursor[c]
+            progress = True
+            if len(chosen) >= budget:
+                break
+        if not progress:
+            break
+    return chosen
+
+
+def build_feature_set(
+    spec: str | Path,
+    *,
+    config: FrontendConfig = FrontendConfig(),
+    window_s: float = 10.0,
+    labels: LabelSet | None = None,
+    labels_csv: str | Path | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    min_samples: int = MIN_SAMPLES,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> FeatureSet:
+    """Decode, window and featurize ``spec`` (folder or CSV); see the module docstring.
+
+    Raises:
+        CalibrationError: no usable audio, fewer than ``min_samples`` windows, or labels outside ``labels``.
+    """
+    listing = list_audio(spec, labels_csv)
+    file_targets = _targets(listing.labels, labels) if listing.labels is not None and labels is not None else None
+    cache = cache_dir() / "features" if use_cache else None
+    skipped: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    features: list[np.ndarray] = []
+    windows: list[tuple[str, float]] = []
+    owner: list[int] = []
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("computing features", total=len(listing.files))
+        for i, path in enumerate(listing.files):
+            try:
+                feats, starts, constant = _file_features(path, config, window_s, cache)
+            except (AudioFormatError, FileNotFoundError, OSError) as e:
+                skipped.append((str(path), str(e).split(": ", 1)[-1]))
+                bar.advance(task)
+                continue
+            if constant:
+                warnings.append(f"{path}: silent or constant audio; it adds nothing useful to calibration")
+            features += [f[None, None] for f in feats]
+            windows += [(str(path), s) for s in starts]
+            owner += [i] * len(feats)
+            bar.advance(task)
+    for path, reason in skipped:
+        logger.warning("skipped %s: %s", path, reason)
+    if features and len(warnings) == len({w[0] for w in windows}):
+        warnings.append("every file is silent or constant: calibration ranges will be meaningless")
+    for w in warnings:
+        logger.warning("%s", w)
+    if len(features) < min_samples:
+        raise CalibrationError(
+            f"{spec}: {len(features)} usable window(s) of {window_s:g} s from {len(listing.files) - len(skipped)} file(s); "
+            f"need at least {min_samples} (add audio or shorten the window)" + (f"; {len(skipped)} file(s) skipped" if skipped else ""))
+    chosen = list(range(len(features)))
+    if samples is not None and samples < len(features):
+        if samples < min_samples:
+            raise CalibrationError(f"--samples {samples} is too few; need at least {min_samples}")
+        per_file: dict[int, list[int]] = {}
+        for w, f in enumerate(owner):
+            per_file.setdefault(f, []).append(w)
+        chosen = sorted(_balanced(list(range(len(listing.files))), file_targets, per_file, samples, random.Random(seed)))
+    targets = file_targets[[owner[w] for w in chosen]] if file_targets is not None else None
+    return FeatureSet([features[w] for w in chosen], [windows[w] for w in chosen], targets, skipped, warnings)

@@ -1,0 +1,201 @@
+"""Static INT8 in QDQ format with ONNX Runtime's quantization tools, and the ranges behind it.
+
+``quantize_qdq`` is ``onnxruntime.quantization.quantize_static`` on a pre-processed copy of the
+model (shape inference and graph optimisation, as its documentation recommends), fed by the
+calibration features, with per-channel weights. Two flavours share it:
+
+* ``onnxruntime``: ONNX Runtime's own defaults for activations (asymmetric int8);
+* ``tensorrt``: what TensorRT's explicit quantization accepts: symmetric int8 with zero points
+  of 0, per-tensor activations, per-channel weights, standard-domain Q/DQ (see ``tensorrt.py``).
+
+``collect_ranges`` runs the same calibrators over *every* float tensor of the FP32 model; the
+TensorRT calibration cache is written from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
+
+from .dataset import FeatureSet
+
+__all__ = ["METHODS", "KEEP_FP_PRESETS", "collect_ranges", "nodes_matching", "quantize_qdq"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+
+# Parts of a graph that are sensitive to INT8, by the node names our exports produce.
+KEEP_FP_PRESETS = {
+    "attention": ["*/heads/*", "*Softmax*", "*/residuals/*", "*/coef_net/*", "*depth_act*"],  # kernel attention, Dy-ReLU heads
+    "context": ["*/context_gen/*", "*/joint/*", "*/conv_f/*", "*/conv_t/*", "*ReduceMean*"],  # context generation
+    "stem": ["/in_c/*", "/features.0/*"],  # the first convolution (DyMN, MobileNetV3)
+    "classifier": ["/classifier/*", "*/classifier.*"],
+}
+
+
+def _ort_quant():
+    try:
+        import onnxruntime.quantization as q
+    except ImportError as e:  # pragma: no cover - onnxruntime is a base dependency
+        raise BackendUnavailableError("INT8 calibration needs onnxruntime's quantization tools: pip install onnxruntime") from e
+    return q
+
+
+def _method(name: str):
+    q = _ort_quant()
+    mapping = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}
+    if name not in mapping:
+        raise CalibrationError(f"unknown calibration method {name!r}; expected one of {', '.join(METHODS)}")
+    return mapping[name]
+
+
+class _Reader:
+    """Feeds the calibration features, one window at a time (repeated to a model's fixed batch)."""
+
+    def __init__(self, features: Iterable[np.ndarray], input_name: str, batch: int | None) -> None:
+        self._items = list(features)
+        self._iter = iter(self._items)
+        self.input_name, self.batch = input_name, batch
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve only items [start, end): ONNX Runtime calibrates chunk by chunk (CalibStridedMinMax)."""
+        self._iter = iter(self._items[start_index:end_index])
+
+    def get_next(self):
+        x = next(self._iter, None)
+        if x is None:
+            return None
+        if self.batch and self.batch > 1:
+            x = np.repeat(x, self.batch, axis=0)
+        return {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+
+    def rewind(self) -> None:
+        self._iter = iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ONNX Runtime's calibrators print progress with print(); keep it off the user's stdout."""
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        yield
+    logger.debug("onnxruntime.quantization: %s", captured.getvalue().strip())
+
+
+def _stride(data: FeatureSet, method: str, most: int = 8) -> int:
+    """Windows per calibration chunk: the largest divisor of their count up to ``most`` (ONNX Runtime
+    requires a divisor); 1 for histogram methods when windows differ in length, which stack per chunk."""
+    n = len(data)
+    if method != "minmax" and len({f.shape for f in data.features}) > 1:
+        return 1
+    return max(d for d in range(1, most + 1) if n % d == 0)
+
+
+def _input(model_path: Path) -> tuple[str, int | None]:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dim = inputs[0].type.tensor_type.shape.dim[0]
+    return inputs[0].name, (dim.dim_value if dim.HasField("dim_value") else None)
+
+
+def _preprocess(model_path: Path, workdir: Path) -> Path:
+    q = _ort_quant()
+    out = workdir / "preprocessed.onnx"
+    try:
+        q.shape_inference.quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True)
+    except Exception as e:  # its failures are untyped; quantizing the raw model still works
+        logger.warning("ONNX Runtime pre-processing failed (%s); quantizing the model as it is", e)
+        return model_path
+    return out
+
+
+def nodes_matching(model_path: Path, patterns: list[str]) -> list[str]:
+    """Node names matching presets (``attention``, ``context``, ``stem``, ``classifier``) or fnmatch globs."""
+    import onnx
+
+    globs = [g for p in patterns for g in KEEP_FP_PRESETS.get(p, [p])]
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, g) or fnmatch.fnmatch(n.op_type, g) for g in globs)]
+
+
+def quantize_qdq(
+    fp32_model: Path,
+    out_path: Path,
+    data: FeatureSet,
+    *,
+    method: str = "minmax",
+    keep_fp: list[str] = (),
+    flavour: str = "onnxruntime",
+    nodes_to_quantize: list[str] | None = None,
+) -> dict:
+    """Static INT8 QDQ model at ``out_path`` (weights as external data); returns what was done."""
+    q = _ort_quant()
+    calibrate_method = _method(method)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _preprocess(Path(fp32_model), Path(tmp))
+        input_name, batch = _input(source)
+        excluded = nodes_matching(source, list(keep_fp)) if keep_fp else []
+        if keep_fp and not excluded:
+            raise CalibrationError(f"--keep-fp {' '.join(keep_fp)} matches no node of {fp32_model}")
+        # Chunks of a few windows: every intermediate tensor of a chunk is held in memory at once.
+        extra = {"CalibStridedMinMax": _stride(data, method)}
+        options: dict = {"per_channel": True, "quant_format": q.QuantFormat.QDQ,
+                         "activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8}
+        if flavour == "tensorrt":
+            # TensorRT: symmetric int8 (zero point 0) everywhere, standard-domain Q/DQ, weights as
+            # int8 initializers behind a DequantizeLinear; only layers TensorRT runs in INT8.
+            # Biases stay FP32: TensorRT fuses them into its INT8 kernels and its DequantizeLinear
+            # takes no int32 input.
+            extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "UseQDQContribOps": False, "QuantizeBias": False})
+            options["op_types_to_quantize"] = ["Conv", "MatMul", "Gemm"]
+        elif flavour != "onnxruntime":
+            raise CalibrationError(f"unknown QDQ flavour {flavour!r}")
+        try:
+            with _quiet():
+                q.quantize_static(str(source), str(out_path), _Reader(data.features, input_name, batch), calibrate_method=calibrate_method,
+                                  nodes_to_exclude=excluded, nodes_to_quantize=nodes_to_quantize, extra_options=extra,
+                                  use_external_data_format=True, **options)
+        except Exception as e:  # onnxruntime.quantization raises bare exceptions
+            raise CalibrationError(f"ONNX Runtime static quantization of {fp32_model} failed: {e}") from e
+    return {"method": method, "flavour": flavour, "per_channel": True, "excluded_nodes": len(excluded),
+            "symmetric_activations": flavour == "tensorrt", "samples": len(data)}
+
+
+def collect_ranges(fp32_model: Path, data: FeatureSet, *, method: str = "entropy") -> dict[str, tuple[float, float]]:
+    """(low, high) of every float tensor of ``fp32_model`` over the calibration features."""
+    q = _ort_quant()
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inferred = Path(tmp) / "inferred.onnx"
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_model)))
+        onnx.save_model(model, str(inferred), save_as_external_data=True, location="inferred.onnx.data")
+        input_name, batch = _input(inferred)
+        calibrator = create_calibrator(str(inferred), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=_method(method), use_external_data_format=True,
+                                       extra_options={"symmetric": True} if method != "minmax" else {})
+        reader = _Reader(data.features, input_name, batch)
+        stride = _stride(data, method)
+        with _quiet():
+            for start in range(0, len(data), stride):
+                reader.set_range(start, start + stride)
+                calibrator.collect_data(reader)
+            ranges = calibrator.compute_data()
+    del q
+    return {name: (float(np.asarray(t.range_value[0]).min()), float(np.asarray(t.range_value[1]).max())) for name, t in ranges.data.items()}

@@ -170,9 +170,11 @@ def _balanced(order: list[int], file_targets: np.ndarray | None, per_file: dict[
         rng.shuffle(files)
     used: set[int] = set()
     chosen, cursor = [], {c: 0 for c in by_class}
+    classes = sorted(by_class)
     while len(chosen) < budget:
         progress = False
-        for c in sorted(by_class):
+        rng.shuffle(classes)  # a budget smaller than a round must not favour low class indices
+        for c in classes:
             files = by_class[c]
             while cursor[c] < len(files) and not [w for w in per_file[files[cursor[c]]] if w not in used]:
                 cursor[c] += 1

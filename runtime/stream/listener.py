@@ -2,8 +2,8 @@
 
 The calling thread reads the source, resamples, cuts windows and computes their features (all
 cheap and incremental); one worker thread runs the model and feeds post-processing and sinks.
-Live sources drop the oldest queued windows when inference falls behind; files wait instead,
-so offline runs lose nothing. ``run`` returns when the source ends or ``stop`` is set (the CLI
+Live sources (a microphone) drop the oldest queued windows when inference falls behind; files
+and pipes wait instead, so offline runs lose nothing. ``run`` returns when the source ends or ``stop`` is set (the CLI
 sets it on SIGINT/SIGTERM); either way every queued window is scored, open events are closed at
 the end of the stream and every sink is flushed and closed.
 """

@@ -16,7 +16,7 @@ __all__ = ["open_source", "open_sinks"]
 
 
 def open_source(input_spec: str | None, *, device: str | None = None, input_rate: int | None = None,
-                input_format: str = "s16le", input_channels: int = 1, realtime_stdin: bool = True):
+                input_format: str = "s16le", input_channels: int = 1):
     """``input_spec``: None for the microphone (``device``), ``-`` for raw PCM on stdin, else a file path."""
     if input_spec is None:
         from .capture import MicrophoneSource
@@ -27,7 +27,7 @@ def open_source(input_spec: str | None, *, device: str | None = None, input_rate
     if input_spec == "-":
         if not input_rate:
             raise DymnEdgeError("--input - reads raw PCM, so it needs --input-rate (and --input-format, --input-channels)")
-        return RawPcmSource(sys.stdin.buffer, input_rate, input_format, input_channels, realtime=realtime_stdin)
+        return RawPcmSource(sys.stdin.buffer, input_rate, input_format, input_channels)
     path = Path(input_spec)
     if not path.is_file():
         raise DymnEdgeError(f"{path}: no such audio file")

@@ -73,10 +73,14 @@ class FileSource:
 
 
 class RawPcmSource:
-    """Raw interleaved PCM from a binary stream (``--input -``), e.g. ``arecord -f S16_LE -r 16000 -c 1 -t raw``."""
+    """Raw interleaved PCM from a binary stream (``--input -``), e.g. ``arecord -f S16_LE -r 16000 -c 1 -t raw``.
+
+    Lossless like a file: when inference falls behind, the pipe fills and the writer waits (a live
+    writer such as arecord then reports its own overruns); every sample that arrives is scored.
+    """
 
     def __init__(self, stream: BinaryIO, sample_rate: int, fmt: str = "s16le", channels: int = 1,
-                 block_s: float = 0.1, realtime: bool = True, name: str = "stdin") -> None:
+                 block_s: float = 0.1, realtime: bool = False, name: str = "stdin") -> None:
         if fmt not in PCM_FORMATS:
             raise DymnEdgeError(f"unknown PCM format {fmt!r}; expected one of {', '.join(PCM_FORMATS)}")
         if sample_rate <= 0 or channels <= 0:

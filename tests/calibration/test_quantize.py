@@ -1,0 +1,143 @@
+"""INT8 bundles for each backend, on the real mn04_as and real audio; TensorRT artefacts checked without TensorRT."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from dymn_edge.calibration.calibrate import calibrate_bundle
+from dymn_edge.calibration.dataset import build_feature_set
+from dymn_edge.calibration.trt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
+from dymn_edge.calibration.validate import fidelity, run_model
+from dymn_edge.runtime.bundle import load_bundle
+from dymn_edge.runtime.errors import BundleError, CalibrationError
+from dymn_edge.runtime.registry import embedded_bundle_path
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("int8")
+
+
+@pytest.fixture(scope="module")
+def esc50_validation(shared):
+    """Windows from ESC-50 clips, disjoint from the pool audio the models are calibrated on."""
+    return build_feature_set(shared / "data" / "esc50" / "labels.csv", window_s=10.0, samples=48, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(esc50_validation):
+    return run_model(embedded_bundle_path(), esc50_validation, timed_runs=0)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "tensorrt"])
+def test_int8_bundle_per_backend(backend, shared, int8_dir, esc50_validation, reference):
+    if backend == "openvino":
+        pytest.importorskip("nncf", reason='NNCF is not installed (pip install "dymn-edge[calibrate]")')
+    method = "entropy" if backend == "tensorrt" else "minmax"
+    out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / backend, backend=backend, method=method,
+                           samples=32, progress=False)
+    assert out.precision == "int8"
+    q = out.manifest["quantization"]
+    assert q["backend"] == backend and q["windows"] == 32 and q["method"] == method and q["files"] == 32
+    candidate = run_model(out, esc50_validation, timed_runs=0)
+    fid = fidelity(reference, candidate)
+    # Real INT8, real audio: close to FP32 but not equal (an unquantized copy would give 0 error).
+    assert 0.7 <= fid["top5_agreement"] < 1.0 and 0 < fid["max_logit_error"] < 15, fid
+    if backend == "openvino":
+        assert out.file("openvino_xml") and out.file("onnx") is None and candidate.backend == "openvino"
+        return
+    model = onnx.load(str(out.require("onnx")))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weight_scales = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_scale")]
+    assert any(s.size > 1 for s in weight_scales)  # per-channel weights
+    if backend == "tensorrt":
+        assert check_qdq(out.require("onnx")) == []
+        header, scales = read_calibration_cache(out.file("calibration_cache"))
+        assert header == "TRT-8502-EntropyCalibration2"
+        assert cache_coverage(out.file("onnx_fp32"), scales) == []
+        assert out.manifest["lint"]["tensorrt-10"]["passed"] and out.manifest["lint"]["tensorrt-8.5"]["passed"]
+    else:
+        assert check_qdq(out.require("onnx"))  # ONNX Runtime's own flavour quantizes biases to int32: not for TensorRT
+
+
+def test_keep_fp_leaves_the_named_parts_in_float(shared, int8_dir):
+    out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "keep", samples=16,
+                           keep_fp=["stem", "classifier"], progress=False)
+    model = onnx.load(str(out.require("onnx")))
+    stem = [n for n in model.graph.node if n.name.startswith("/features.0/") and n.op_type == "Conv"]
+    assert stem and all(n.op_type == "Conv" for n in stem)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    assert producers[stem[0].input[1]].op_type != "DequantizeLinear" if stem[0].input[1] in producers else True
+    assert out.manifest["quantization"]["excluded_nodes"] > 0
+    with pytest.raises(CalibrationError, match="--keep-fp nothing_like_this matches no node"):
+        calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "none", samples=16, keep_fp=["nothing_like_this"],
+                         progress=False)
+
+
+def test_bad_requests(shared, int8_dir, tmp_path):
+    pool = shared / "data" / "pool"
+    with pytest.raises(CalibrationError, match="unknown backend 'tflite'"):
+        calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="tflite")
+    with pytest.raises(CalibrationError, match="--accuracy-control is NNCF's: it needs --backend openvino"):
+        calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", accuracy_control=True)
+    with pytest.raises(CalibrationError, match="--accuracy-control needs --validation-audio"):
+        calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="openvino", accuracy_control=True)
+    with pytest.raises(BundleError, match="calibration starts from an FP32 bundle; this one is int8"):
+        calibrate_bundle(load_bundle(int8_dir / "keep"), pool, tmp_path / "x")
+    with pytest.raises(CalibrationError, match="calibration method 'entropy' is not available for OpenVINO"):
+        calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="openvino", method="entropy", samples=16, progress=False)
+
+
+def test_calibration_cache_round_trip(tmp_path):
+    ranges = {"mel": (-2.1, 3.0), "/features.0/Conv_output_0": (-0.5, 0.25), "zero": (0.0, 0.0)}
+    path = write_calibration_cache(ranges, tmp_path / "c.cache", method="minmax", tensorrt_version="10.3.0")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "TRT-100300-MinMaxCalibration"
+    assert lines[2] == "mel: " + struct.pack(">f", 3.0 / 127).hex()
+    header, scales = read_calibration_cache(path)
+    assert header == lines[0] and scales["mel"] == np.float32(3.0 / 127) and scales["zero"] == np.float32(1e-8)
+    assert scales["/features.0/Conv_output_0"] == np.float32(0.5 / 127)
+    (tmp_path / "bad.cache").write_text("not a cache\n")
+    with pytest.raises(CalibrationError, match="not a TensorRT calibration cache"):
+        read_calibration_cache(tmp_path / "bad.cache")
+    (tmp_path / "bad2.cache").write_text("TRT-8502-EntropyCalibration2\nmel: zz\n")
+    with pytest.raises(CalibrationError, match="bad2.cache:2: expected '<tensor>: <8 hex digits>'"):
+        read_calibration_cache(tmp_path / "bad2.cache")
+    with pytest.raises(CalibrationError, match="TensorRT version 'ten'"):
+        write_calibration_cache(ranges, tmp_path / "x.cache", tensorrt_version="ten")
+
+
+def _qdq_graph(zero_point, scale, axis=None, activation_per_channel=False):
+    w = numpy_helper.from_array(np.ones((4, 2, 3, 3), np.int8), "w_q")
+    ws = numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_scale")
+    wz = numpy_helper.from_array(np.zeros(4, np.int8), "w_zero")
+    a_s = numpy_helper.from_array(np.full(2 if activation_per_channel else (), scale, np.float32), "a_scale")
+    a_z = numpy_helper.from_array(np.full(2 if activation_per_channel else (), zero_point, np.int8), "a_zero")
+    dq_w = helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], name="dq_w", **({"axis": axis} if axis is not None else {}))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "a_scale", "a_zero"], ["xq"], name="q_x", **({"axis": 1} if activation_per_channel else {})),
+             helper.make_node("DequantizeLinear", ["xq", "a_scale", "a_zero"], ["xd"], name="dq_x", **({"axis": 1} if activation_per_channel else {})),
+             dq_w, helper.make_node("Conv", ["xd", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w, ws, wz, a_s, a_z])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_qdq_rules_catch_what_tensorrt_refuses(tmp_path):
+    def problems(model):
+        path = tmp_path / "m.onnx"
+        onnx.save(model, str(path))
+        return check_qdq(path)
+
+    assert problems(_qdq_graph(0, 0.02, axis=0)) == []
+    assert any("zero point must be int8 0" in p for p in problems(_qdq_graph(3, 0.02, axis=0)))
+    assert any("scales must be positive" in p for p in problems(_qdq_graph(0, -0.02, axis=0)))
+    assert any("Conv weights must be quantized along axis 0" in p for p in problems(_qdq_graph(0, 0.02, axis=1)))
+    assert any("per-channel scales on an activation" in p for p in problems(_qdq_graph(0, 0.02, axis=0, activation_per_channel=True)))
+    plain = onnx.load(str(embedded_bundle_path() / "model.onnx"))
+    assert problems(plain) == ["no QuantizeLinear/DequantizeLinear nodes: not an explicitly quantized model"]

@@ -1,0 +1,139 @@
+"""INT8 against FP32 for every model x strategy x backend: latency side by side, and accuracy on real audio.
+
+Latency: 1 thread, batch 1, a 10 s window of the demo clip; FP32 and INT8 of each backend are
+timed in interleaved rounds in one process (medians). Models: the real mn04_as, and dymn04/dymn10
+with EfficientAT's initialisation (latency does not depend on weight values) in each export
+strategy. Calibration: 32 windows of shared/data/pool.
+
+Accuracy: mn04_as on all 300 ESC-50 clips (disjoint from the pool): top-5 hit rate and mAP over
+the mapped classes, FP32 and INT8, plus top-5 agreement with FP32. DyMN has no trained weights
+here, so its INT8 is judged on fidelity with the seeded dymn04 fixture, calibrated and evaluated
+on the fixture's own three inputs (the only inputs its BN statistics are stable on).
+
+    python benchmarks/int8.py [--rounds 10] [--shared ../shared]   # -> benchmarks/results/int8.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dymn_edge.calibration.calibrate import calibrate_bundle
+from dymn_edge.calibration.dataset import FeatureSet, build_feature_set
+from dymn_edge.calibration.ort_qdq import quantize_qdq
+from dymn_edge.calibration.validate import fidelity, labelled_metrics, run_model
+from dymn_edge.export.onnx import export_bundle
+from dymn_edge.runtime import load_bundle
+from dymn_edge.runtime.backends import create_backend
+from dymn_edge.runtime.machine import machine_info
+from dymn_edge.train.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _features(window_s: float = 10.0) -> np.ndarray:
+    from dymn_edge.bench_worker import features
+
+    return features(window_s, 1)
+
+
+def _time(runners: dict, x: np.ndarray, rounds: int, per_round: int = 5) -> dict[str, float]:
+    for run in runners.values():
+        for _ in range(3):
+            run(x)
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, run in runners.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                run(x)
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _runner(backend: str, bundle_path: Path):
+    engine = create_backend(backend, load_bundle(bundle_path), threads=1)
+    return engine.infer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DYMN_EDGE_SHARED", REPO.parent / "shared")))
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "int8.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    pool, esc50 = args.shared / "data" / "pool", args.shared / "data" / "esc50" / "labels.csv"
+    x = _features()
+    rows, accuracy = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        import torch
+
+        from dymn_edge.train import create_model, save_checkpoint
+
+        models = {"mn04_as": (args.shared / "weights" / "mn04_as_mAP_432.pt", ["static"])}
+        for name in ("dymn04", "dymn10"):
+            torch.manual_seed(0)
+            model = create_model(name).eval()
+            model.set_temperature(1.0)
+            save_checkpoint(model, work / f"{name}_init.pt")
+            models[name] = (work / f"{name}_init.pt", ["grouped", "matmul", "expanded"])
+        for name, (checkpoint, strategies) in models.items():
+            loaded = load_checkpoint(checkpoint)
+            for strategy in strategies:
+                fp32 = export_bundle(loaded, work / f"{name}-{strategy}", name=name, strategy="grouped" if strategy == "static" else strategy,
+                                     batch=1, include_checkpoint=False, verify_parity=False).path
+                int8 = {b: calibrate_bundle(fp32, pool, work / f"{name}-{strategy}-int8-{b}", backend=b, samples=32, progress=False).path
+                        for b in ("onnxruntime", "openvino")}
+                runners = {("onnxruntime", "fp32"): _runner("onnxruntime", fp32), ("onnxruntime", "int8"): _runner("onnxruntime", int8["onnxruntime"]),
+                           ("openvino", "fp32"): _runner("openvino", fp32), ("openvino", "int8"): _runner("openvino", int8["openvino"])}
+                ms = _time(runners, x, args.rounds)
+                for backend in ("onnxruntime", "openvino"):
+                    row = {"model": name, "strategy": strategy, "backend": backend, "fp32_ms": ms[backend, "fp32"], "int8_ms": ms[backend, "int8"],
+                           "int8_speedup": ms[backend, "fp32"] / ms[backend, "int8"]}
+                    rows.append(row)
+                    print(f"{name:8s} {strategy:9s} {backend:12s} FP32 {row['fp32_ms']:7.2f} ms  INT8 {row['int8_ms']:7.2f} ms  x{row['int8_speedup']:.2f}", flush=True)
+                if name == "mn04_as":
+                    data = build_feature_set(esc50, window_s=10.0, labels=load_bundle(fp32).labels, progress=False)
+                    ref = run_model(fp32, data, timed_runs=0)
+                    accuracy[name] = {"fp32": labelled_metrics(ref.scores, data.targets)}
+                    for backend, path in int8.items():
+                        run = run_model(path, data, backend=backend, timed_runs=0)
+                        fid = fidelity(ref, run)
+                        accuracy[name][f"int8-{backend}"] = {**labelled_metrics(run.scores, data.targets),
+                                                            "top5_agreement": fid["top5_agreement"], "top1_agreement": fid["top1_agreement"]}
+        fixtures = args.shared / "fixtures" / "efficientat"
+        inputs = np.load(fixtures / "dymn04_reference.npz")["input"]
+        rows_fx = FeatureSet([inputs[i : i + 1] for i in range(3)], [("fixture", float(i)) for i in range(3)], None)
+        loaded = load_checkpoint(fixtures / "dymn04_reference_weights.pt")
+        for strategy in ("grouped", "matmul", "expanded"):
+            fp32 = export_bundle(loaded, work / f"fx-{strategy}", name="dymn04_fixture", strategy=strategy, batch=1, include_checkpoint=False,
+                                 probe=inputs).path
+            ref = run_model(fp32, rows_fx, timed_runs=0)
+            quantize_qdq(load_bundle(fp32).require("onnx"), work / f"fx-{strategy}-int8.onnx", rows_fx)
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(work / f"fx-{strategy}-int8.onnx"), providers=["CPUExecutionProvider"])
+            got = np.concatenate([session.run(["logits"], {"mel": f})[0] for f in rows_fx.features])
+            err = float(np.abs(got - ref.logits).max())
+            agree = float(np.mean([len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])) / 5 for a, b in zip(got, ref.logits)]))
+            accuracy[f"dymn04_fixture-{strategy}"] = {"int8-onnxruntime": {"top5_agreement": agree, "max_logit_error": err,
+                                                                          "logit_range": float(np.abs(ref.logits).max())}}
+            print(f"dymn04 fixture {strategy:9s} ORT INT8: top-5 agreement {agree:.3f}, max |dlogit| {err:.3f}", flush=True)
+    for name, acc in accuracy.items():
+        print(name, json.dumps({k: {m: round(v, 4) for m, v in d.items() if isinstance(v, float)} for k, d in acc.items()}))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    clean = {name: {k: {m: v for m, v in d.items() if m != "per_class_ap"} for k, d in acc.items()} for name, acc in accuracy.items()}
+    args.json.write_text(json.dumps({"machine": machine_info(), "latency": rows, "accuracy": clean}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

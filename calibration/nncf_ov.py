@@ -19,7 +19,7 @@ import numpy as np
 from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
 
 from .dataset import FeatureSet
-from .ort_qdq import KEEP_FP_PRESETS
+from .ort_qdq import keep_fp_globs
 
 __all__ = ["quantize_openvino"]
 
@@ -69,7 +69,7 @@ def quantize_openvino(
         return np.repeat(x, batch, axis=0) if batch > 1 else x
 
     calibration = nncf.Dataset(data.features, feed)
-    globs = [g for p in keep_fp for g in KEEP_FP_PRESETS.get(p, [p])]
+    globs = keep_fp_globs(list(keep_fp))
     ignored = nncf.IgnoredScope(patterns=[fnmatch.translate(g) for g in globs], validate=False) if globs else None
     advanced = AdvancedQuantizationParameters(activations_range_estimator_params=_range_estimator(nncf, method))
     common = {"preset": nncf.QuantizationPreset.MIXED, "subset_size": len(data), "ignored_scope": ignored}

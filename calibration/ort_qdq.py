@@ -28,7 +28,7 @@ from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
 
 from .dataset import FeatureSet
 
-__all__ = ["METHODS", "KEEP_FP_PRESETS", "collect_ranges", "nodes_matching", "quantize_qdq"]
+__all__ = ["METHODS", "KEEP_FP_PRESETS", "collect_ranges", "keep_fp_globs", "nodes_matching", "quantize_qdq"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +123,16 @@ def _preprocess(model_path: Path, workdir: Path) -> Path:
     return out
 
 
+def keep_fp_globs(patterns: list[str]) -> list[str]:
+    """``--keep-fp`` values as fnmatch globs: presets (``attention``, ``context``, ``stem``, ``classifier``) expanded."""
+    return [g for p in patterns for g in KEEP_FP_PRESETS.get(p, [p])]
+
+
 def nodes_matching(model_path: Path, patterns: list[str]) -> list[str]:
-    """Node names matching presets (``attention``, ``context``, ``stem``, ``classifier``) or fnmatch globs."""
+    """Node names (or types) matching ``--keep-fp`` presets or globs."""
     import onnx
 
-    globs = [g for p in patterns for g in KEEP_FP_PRESETS.get(p, [p])]
+    globs = keep_fp_globs(patterns)
     model = onnx.load(str(model_path), load_external_data=False)
     return [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, g) or fnmatch.fnmatch(n.op_type, g) for g in globs)]
 

@@ -57,8 +57,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={
-        "dymn_edge.runtime": ["assets/*.csv", "assets/*.flac", "assets/*.txt", "assets/models/*/*"],
-        "dymn_edge.export": ["assets/*.json"],
+        "dymn_edge.runtime": ["assets/*.csv", "assets/*.flac", "assets/*.txt", "assets/*.json", "assets/models/*/*"],
     },
     include_package_data=False,
     install_requires=[

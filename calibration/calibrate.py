@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge import __version__
-from dymn_edge.runtime.bundle import Bundle, load_bundle, write_bundle
+from dymn_edge.runtime.bundle import Bundle, load_bundle, onnx_payload, write_bundle
 from dymn_edge.runtime.errors import BundleError, CalibrationError
 
 from .dataset import FeatureSet, build_feature_set
@@ -32,18 +32,6 @@ __all__ = ["BACKENDS", "calibrate_bundle", "sensitivity"]
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-
-
-def _onnx_files(path: Path, name: str, role: str, stage: Path) -> dict[str, tuple[Path, str]]:
-    """An ONNX model as bundle files ``name`` + ``name.data`` (the graph names its weights file, so
-    the pair is re-saved under the names it will have in the bundle)."""
-    import onnx
-
-    folder = stage / f"staged-{name}"
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(onnx.load(str(path)), str(folder / name), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{name}.data", size_threshold=1024)
-    return {name: (folder / name, role), f"{name}.data": (folder / f"{name}.data", f"{role}_data")}
 
 
 def _metric_top5_agreement(reference_logits: np.ndarray):
@@ -102,7 +90,7 @@ def calibrate_bundle(
         tmp = Path(tmp)
         if backend == "onnxruntime":
             info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp))
-            files = _onnx_files(tmp / "model.onnx", "model.onnx", "onnx", tmp)
+            files = onnx_payload(tmp / "model.onnx", tmp, "model.onnx", "onnx")
         elif backend == "openvino":
             from .nncf_ov import quantize_openvino
 
@@ -137,8 +125,8 @@ def calibrate_bundle(
             missing = cache_coverage(onnx_path, scales)
             if missing:
                 raise CalibrationError(f"the calibration cache misses {len(missing)} tensor(s), e.g. {missing[:3]}")
-            files = {**_onnx_files(tmp / "model.onnx", "model.onnx", "onnx", tmp),
-                     **_onnx_files(Path(onnx_path), "model.fp32.onnx", "onnx_fp32", tmp),
+            files = {**onnx_payload(tmp / "model.onnx", tmp, "model.onnx", "onnx"),
+                     **onnx_payload(onnx_path, tmp, "model.fp32.onnx", "onnx_fp32"),
                      "calibration.cache": (cache, "calibration_cache")}
             extra["tensorrt"] = {"explicit_qdq": "model.onnx (TensorRT 8.6+/10: build it as it is)",
                                  "implicit": "model.fp32.onnx + calibration.cache (TensorRT 8.5 INT8 calibrator)",
@@ -152,7 +140,7 @@ def calibrate_bundle(
         }
         out = write_bundle(dest, files, metadata, labels=bundle.labels, overwrite=overwrite)
     if out.file("onnx") is not None:
-        from dymn_edge.export.lint import lint_bundle
+        from dymn_edge.runtime.lint import lint_bundle
 
         lint_bundle(out, ["tensorrt", "onnxruntime"] if backend == "tensorrt" else ["onnxruntime"], int8=True)
         out = load_bundle(out.path)
@@ -196,7 +184,7 @@ def sensitivity(source: str | Path | Bundle, calibration: FeatureSet, validation
                 bar.advance(task)
                 continue
             metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files", "lint")}
-            files = _onnx_files(Path(tmp) / f"{name}.onnx", "model.onnx", "onnx", Path(tmp) / f"{name}-stage")
+            files = onnx_payload(Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}-stage", "model.onnx", "onnx")
             part = write_bundle(dest, files, {**metadata, "precision": "int8", "name": f"{bundle.name}[{name}]"}, labels=bundle.labels)
             fid = fidelity(reference, run_model(part, validation, timed_runs=0))
             rows.append({"part": name, "nodes": len(nodes), "top5_agreement": fid["top5_agreement"],

@@ -255,7 +255,7 @@ def bench(models, backends, strategies, threads, batch, window_s, rounds, as_jso
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def lint(bundle, targets, int8, no_record, as_json):
     """Check a bundle's ONNX graph against what each deployment target supports; exit 1 on errors."""
-    from dymn_edge.export.lint import TARGETS, lint_bundle
+    from dymn_edge.runtime.lint import TARGETS, lint_bundle
 
     reports = lint_bundle(bundle, targets or TARGETS, int8=int8, record=not no_record)
     if as_json:

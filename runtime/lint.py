@@ -15,7 +15,8 @@ Three targets, each checked against its own source of truth:
   operators as framework nodes) and the CPU plugin's ``query_model``.
 
 Findings are errors (the target will refuse the model) or warnings (it builds, but slower or with
-a documented caveat). A report passes when it has no errors.
+a documented caveat). A report passes when it has no errors. Lint lives in the runtime: it needs
+no torch (only the ``onnx`` package, imported when used), and export and calibration both call it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from dymn_edge.runtime.errors import BackendUnavailableError, BundleError, DymnEdgeError
+from .errors import BackendUnavailableError, BundleError, DymnEdgeError
 
 __all__ = [
     "TARGETS",
@@ -408,7 +409,7 @@ def lint_onnx(
 
 def lint_bundle(bundle, targets: Iterable[str] = TARGETS, *, int8: bool | None = None, record: bool = True) -> list[LintReport]:
     """Lint a bundle's ONNX model and (``record``) store each target's verdict in its manifest."""
-    from dymn_edge.runtime.bundle import Bundle, load_bundle, update_manifest
+    from .bundle import Bundle, load_bundle, update_manifest
 
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     onnx_path = bundle.require("onnx", hint="; lint checks the ONNX model a bundle was exported with")

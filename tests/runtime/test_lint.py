@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dymn_edge.export.lint import TENSORRT_RELEASES, lint_bundle, lint_onnx, tensorrt_support_table
+from dymn_edge.runtime.lint import TENSORRT_RELEASES, lint_bundle, lint_onnx, tensorrt_support_table
 from dymn_edge.export.onnx import export_onnx
 from dymn_edge.runtime.bundle import load_bundle
 from dymn_edge.runtime.errors import BundleError

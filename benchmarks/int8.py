@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from dymn_edge.calibration.calibrate import calibrate_bundle
 from dymn_edge.calibration.dataset import FeatureSet, build_feature_set
 from dymn_edge.calibration.ort_qdq import quantize_qdq
 from dymn_edge.calibration.validate import fidelity, labelled_metrics, run_model
+from dymn_edge.export.auto import interleaved_medians
 from dymn_edge.export.onnx import export_bundle
 from dymn_edge.runtime import load_bundle
 from dymn_edge.runtime.backends import create_backend
@@ -42,20 +42,6 @@ def _features(window_s: float = 10.0) -> np.ndarray:
     from dymn_edge.bench_worker import features
 
     return features(window_s, 1)
-
-
-def _time(runners: dict, x: np.ndarray, rounds: int, per_round: int = 5) -> dict[str, float]:
-    for run in runners.values():
-        for _ in range(3):
-            run(x)
-    times = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, run in runners.items():
-            for _ in range(per_round):
-                t = time.perf_counter()
-                run(x)
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _runner(backend: str, bundle_path: Path):
@@ -95,7 +81,7 @@ def main() -> None:
                         for b in ("onnxruntime", "openvino")}
                 runners = {("onnxruntime", "fp32"): _runner("onnxruntime", fp32), ("onnxruntime", "int8"): _runner("onnxruntime", int8["onnxruntime"]),
                            ("openvino", "fp32"): _runner("openvino", fp32), ("openvino", "int8"): _runner("openvino", int8["openvino"])}
-                ms = _time(runners, x, args.rounds)
+                ms = interleaved_medians(runners, x, rounds=args.rounds, runs_per_round=5, warmup=3)
                 for backend in ("onnxruntime", "openvino"):
                     row = {"model": name, "strategy": strategy, "backend": backend, "fp32_ms": ms[backend, "fp32"], "int8_ms": ms[backend, "int8"],
                            "int8_speedup": ms[backend, "fp32"] / ms[backend, "int8"]}

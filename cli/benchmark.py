@@ -79,12 +79,13 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
     loaded = load_checkpoint(source.path, expect=source.expect)
     if "torch" in backends:
         out += [Candidate(source.name, "torch", "eager", t, str(source.path), loaded.temperature) for t in threads]
-    wanted = ["static"] if loaded.config.family == "mn" else list(dict.fromkeys(["naive", "grouped", *strategies]))
+    # grouped before naive: the naive bundle borrows the grouped export's manifest.
+    wanted = ["static"] if loaded.config.family == "mn" else list(dict.fromkeys(["grouped", "naive", *strategies]))
     for strategy in wanted:
         dest = workdir / f"{source.name}-{strategy}"
         logger.warning("exporting %s with strategy %s for the benchmark", source.name, strategy)
         if strategy == "naive":
-            _naive_bundle(loaded, dest, source.name, batch, window_s, workdir)
+            _naive_bundle(loaded, load_bundle(workdir / f"{source.name}-grouped"), dest, batch, window_s, workdir)
         else:
             export_bundle(loaded, dest, name=source.name, strategy="grouped" if strategy == "static" else strategy,
                           batch=batch, window_s=window_s, include_checkpoint=False, verify_parity=False)
@@ -92,18 +93,16 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
     return out
 
 
-def _naive_bundle(loaded, dest: Path, name: str, batch: int, window_s: float, workdir: Path) -> None:
-    """The EfficientAT module exported as it is, at the benchmark's fixed input shape (export/naive.py)."""
+def _naive_bundle(loaded, reference, dest: Path, batch: int, window_s: float, workdir: Path) -> None:
+    """The EfficientAT module exported as it is, at the benchmark's fixed input shape (export/naive.py),
+    in a bundle that takes its manifest from ``reference`` (the same model's grouped export)."""
     import torch
 
     from dymn_edge.bench_worker import features
     from dymn_edge.export.naive import export_naive
-    from dymn_edge.export.onnx import export_bundle
     from dymn_edge.runtime.bundle import write_bundle
 
-    reference = export_bundle(loaded, workdir / f"{name}-naive-manifest", name=name, batch=batch, window_s=window_s,
-                              include_checkpoint=False, verify_parity=False)
-    path = export_naive(loaded.model, workdir / f"{name}-naive.onnx", torch.from_numpy(features(window_s, batch)))
+    path = export_naive(loaded.model, workdir / f"{reference.name}-naive.onnx", torch.from_numpy(features(window_s, batch)))
     metadata = {k: v for k, v in reference.manifest.items() if k not in ("format", "format_version", "files", "lint", "strategy_choice")}
     write_bundle(dest, {"model.onnx": (path, "onnx")}, {**metadata, "export_strategy": "naive"}, labels=reference.labels)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from dymn_edge.runtime.errors import BackendUnavailableError
 
-__all__ = ["AUTO_BACKENDS", "measure_strategies"]
+__all__ = ["AUTO_BACKENDS", "interleaved_medians", "measure_strategies"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,20 @@ def measure_strategies(
             except BackendUnavailableError as e:
                 logger.info("auto strategy: skipping %s (%s)", backend, e)
                 break
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    result: dict[str, dict[str, float]] = {}
+    for (backend, strategy), ms in interleaved_medians(runners, features, rounds=rounds, runs_per_round=runs_per_round).items():
+        result.setdefault(backend, {})[strategy] = round(ms, 3)
+    return result
+
+
+def interleaved_medians(runners: dict, features: np.ndarray, *, rounds: int, runs_per_round: int, warmup: int = 2) -> dict:
+    """{key: median ms} of ``run(features)`` for every runner, timed in interleaved rounds.
+
+    Interleaving spreads machine noise over all candidates alike, so their ratios hold on a noisy machine.
+    """
+    times: dict = {key: [] for key in runners}
     for run in runners.values():  # warm-up: first runs allocate and pick kernels
-        for _ in range(2):
+        for _ in range(warmup):
             run(features)
     for _ in range(rounds):
         for key, run in runners.items():
@@ -65,10 +76,7 @@ def measure_strategies(
                 start = time.perf_counter()
                 run(features)
                 times[key].append((time.perf_counter() - start) * 1e3)
-    result: dict[str, dict[str, float]] = {}
-    for (backend, strategy), ms in times.items():
-        result.setdefault(backend, {})[strategy] = round(float(np.median(ms)), 3)
-    return result
+    return {key: float(np.median(ms)) for key, ms in times.items()}
 
 
 def fastest(timings: dict[str, dict[str, float]]) -> dict[str, str]:

@@ -150,7 +150,7 @@ def _find(labels: LabelSet, key: str) -> int | None:
         return None
 
 
-def _balanced(order: list[int], file_targets: np.ndarray | None, per_file: dict[int, list[int]], budget: int, rng: random.Random) -> list[int]:
+def _balanced(file_targets: np.ndarray | None, per_file: dict[int, list[int]], budget: int, rng: random.Random) -> list[int]:
     """Window indices: class by class in turn when labels are known, else round-robin over files."""
     for windows in per_file.values():
         rng.shuffle(windows)
@@ -252,6 +252,6 @@ def build_feature_set(
         per_file: dict[int, list[int]] = {}
         for w, f in enumerate(owner):
             per_file.setdefault(f, []).append(w)
-        chosen = sorted(_balanced(list(range(len(listing.files))), file_targets, per_file, samples, random.Random(seed)))
+        chosen = sorted(_balanced(file_targets, per_file, samples, random.Random(seed)))
     targets = file_targets[[owner[w] for w in chosen]] if file_targets is not None else None
     return FeatureSet([features[w] for w in chosen], [windows[w] for w in chosen], targets, skipped, warnings)

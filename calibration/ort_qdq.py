@@ -182,7 +182,7 @@ def quantize_qdq(
 
 def collect_ranges(fp32_model: Path, data: FeatureSet, *, method: str = "entropy") -> dict[str, tuple[float, float]]:
     """(low, high) of every float tensor of ``fp32_model`` over the calibration features."""
-    q = _ort_quant()
+    _ort_quant()  # a clear error if the quantization tools are missing
     from onnxruntime.quantization.calibrate import create_calibrator
 
     import onnx
@@ -202,5 +202,4 @@ def collect_ranges(fp32_model: Path, data: FeatureSet, *, method: str = "entropy
                 reader.set_range(start, start + stride)
                 calibrator.collect_data(reader)
             ranges = calibrator.compute_data()
-    del q
     return {name: (float(np.asarray(t.range_value[0]).min()), float(np.asarray(t.range_value[1]).max())) for name, t in ranges.data.items()}

@@ -95,7 +95,7 @@ def run_model(spec: str | Path | Bundle, data: FeatureSet, *, backend: str | Non
 
     logits = np.concatenate([infer(x) for x in data.features]).astype(np.float32)
     probe = max(data.features, key=lambda f: f.shape[-1])
-    for _ in range(3):
+    for _ in range(3 if timed_runs else 0):  # warm-up only when timing follows
         infer(probe)
     latencies = []
     for _ in range(timed_runs):

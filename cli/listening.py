@@ -19,8 +19,8 @@ __all__ = ["run_listen"]
 class _MaxSeconds:
     """Stops the stream after a given amount of stream time (for scripted runs)."""
 
-    def __init__(self, limit_s: float | None, stats: StreamStats, stop: threading.Event) -> None:
-        self.limit_s, self.stats, self.stop = limit_s, stats, stop
+    def __init__(self, limit_s: float | None, stop: threading.Event) -> None:
+        self.limit_s, self.stop = limit_s, stop
 
     def scores(self, result, tags) -> None:
         if self.limit_s is not None and result.window.end_s >= self.limit_s:
@@ -59,8 +59,10 @@ def run_listen(model, *, backend, threads, backend_device, device, input_spec, i
     stop = threading.Event()
     counter = _EventCount()
     sinks = open_sinks(jsonl=jsonl, mqtt=mqtt_url, mqtt_scores=mqtt_scores,
-                       record_events=str(record_events) if record_events else None) + [counter, _MaxSeconds(max_seconds, stats, stop)]
-    if view and sys.stderr.isatty() and jsonl != "-" or view and sys.stderr.isatty() and jsonl == "-" and not sys.stdout.isatty():
+                       record_events=str(record_events) if record_events else None) + [counter, _MaxSeconds(max_seconds, stop)]
+    # The live view draws on stderr; it stays off when stderr is not a terminal, and when JSON
+    # Lines go to the same terminal on stdout.
+    if view and sys.stderr.isatty() and (jsonl != "-" or not sys.stdout.isatty()):
         from dymn_edge.runtime.stream.sinks.terminal import TerminalView
 
         sinks.insert(0, TerminalView(stats, title=f"{tagger.model_name} <- {getattr(source, 'name', 'input')}"))

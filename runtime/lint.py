@@ -53,7 +53,7 @@ _DTYPE_NAMES = {
     16: "BF16", 17: "FP8", 18: "FP8", 19: "FP8", 20: "FP8", 21: "UINT4", 22: "INT4",
 }
 # Table spellings differ between releases ("FLOAT32" in the header, "FP32" in rows).
-_TYPE_ALIASES = {"FLOAT32": "FP32", "FLOAT": "FP32", "FLOAT16": "FP16", "BFLOAT16": "BF16", "DOUBLE": "DOUBLE"}
+_TYPE_ALIASES = {"FLOAT32": "FP32", "FLOAT": "FP32", "FLOAT16": "FP16", "BFLOAT16": "BF16"}
 _WEIGHT_OPS = ("Conv", "ConvTranspose")
 _QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -112,12 +112,10 @@ class _Graph:
         self.nodes = list(graph.node)
         self.initializers = {t.name for t in graph.initializer}
         self.constants = set(self.initializers) | {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
-        producers = {o: n for n in self.nodes for o in n.output}
         # A DequantizeLinear of a constant (Q/DQ weights) is still a constant weight.
         for n in self.nodes:
             if n.op_type == "DequantizeLinear" and n.input[0] in self.constants:
                 self.constants.update(n.output)
-        self.producers = producers
         self.dtypes: dict[str, int] = {}
         self.shapes: dict[str, list[int | str | None]] = {}
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):

@@ -95,8 +95,8 @@ class MicrophoneSource:
         self.ring = FrameRing(int(ring_s * self.sample_rate), self.channels)
         self.overflows = 0
         self._overflows_logged = 0
+        self._ring_dropped_logged = 0
         self.restarts = 0
-        self.lost_s = 0.0
         self._last_callback = 0.0
 
     def _callback(self, indata, frames, time_info, status) -> None:  # audio thread: copy and count only
@@ -120,14 +120,13 @@ class MicrophoneSource:
         try:
             while not stop.is_set():
                 start, block = self.ring.read(timeout=0.1)
-                if self.overflows > self._overflows_logged or self.ring.dropped_frames:
+                if self.overflows > self._overflows_logged or self.ring.dropped_frames > self._ring_dropped_logged:
                     self._log_overflows()
                 if block.shape[0]:
                     if lost_at is not None:
                         # Frames the outage cost, measured on the clock; the listener fills them with silence.
                         gap = max(0, int((time.monotonic() - lost_at) * self.sample_rate) - block.shape[0])
                         offset += gap
-                        self.lost_s += gap / self.sample_rate
                         lost_at = None
                     flowing, backoff = True, 0.5
                     yield start + offset, block
@@ -158,10 +157,10 @@ class MicrophoneSource:
         if self.overflows > self._overflows_logged:
             logger.warning("input overflow on %r (%d so far): audio was lost; is the machine overloaded?", self.name, self.overflows)
             self._overflows_logged = self.overflows
-        if self.ring.dropped_frames:
-            self.lost_s += self.ring.dropped_frames / self.sample_rate
-            logger.warning("capture ring overflowed: %.2f s of audio dropped", self.ring.dropped_frames / self.sample_rate)
-            self.ring.dropped_frames = 0
+        dropped = self.ring.dropped_frames - self._ring_dropped_logged
+        if dropped:
+            logger.warning("capture ring overflowed: %.2f s of audio dropped", dropped / self.sample_rate)
+            self._ring_dropped_logged = self.ring.dropped_frames
 
     def _reopen(self, stop: threading.Event, backoff: float):
         """Open the device again, waiting with exponential backoff until it is back (None if stopped)."""

@@ -70,10 +70,16 @@ def test_keep_fp_leaves_the_named_parts_in_float(shared, int8_dir):
     out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "keep", samples=16,
                            keep_fp=["stem", "classifier"], progress=False)
     model = onnx.load(str(out.require("onnx")))
-    stem = [n for n in model.graph.node if n.name.startswith("/features.0/") and n.op_type == "Conv"]
-    assert stem and all(n.op_type == "Conv" for n in stem)
-    producers = {o: n for n in model.graph.node for o in n.output}
-    assert producers[stem[0].input[1]].op_type != "DequantizeLinear" if stem[0].input[1] in producers else True
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+
+    def int8_weights(node) -> bool:  # in QDQ format an INT8 layer reads its weights through a DequantizeLinear
+        return producers.get(node.input[1]) == "DequantizeLinear"
+
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    stem = [n for n in convs if n.name.startswith("/features.0/")]
+    head = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and n.name.startswith("/classifier/")]
+    assert stem and head and not any(int8_weights(n) for n in stem + head)
+    assert sum(int8_weights(n) for n in convs if n not in stem) > 30  # everything else is still INT8
     assert out.manifest["quantization"]["excluded_nodes"] > 0
     with pytest.raises(CalibrationError, match="--keep-fp nothing_like_this matches no node"):
         calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "none", samples=16, keep_fp=["nothing_like_this"],

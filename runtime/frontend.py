@@ -31,6 +31,7 @@ __all__ = [
     "kaldi_mel_banks",
     "log_mel",
     "n_frames",
+    "preemphasis",
     "preemphasized_padded",
     "stft_segments",
 ]
@@ -165,6 +166,15 @@ def n_frames(n_samples: int, config: FrontendConfig = FrontendConfig()) -> int:
 _BLOCK_FRAMES = 256
 
 
+def preemphasis(x: np.ndarray, config: FrontendConfig = FrontendConfig(), out: np.ndarray | None = None) -> np.ndarray:
+    """y[n] = x[n+1] - a x[n] in float64, into ``out`` when given; bit-identical to
+    ``x64[1:] - a * x64[:-1]`` without making a float64 copy of ``x`` first."""
+    y = np.empty(x.shape[0] - 1, dtype=np.float64) if out is None else out
+    np.multiply(x[:-1], -config.preemphasis, out=y, dtype=np.float64)
+    y += x[1:]
+    return y
+
+
 def preemphasized_padded(x: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
     """Pre-emphasis y[n] = x[n+1] - a x[n] in float64, reflect-padded by n_fft/2 on both sides.
 
@@ -176,9 +186,7 @@ def preemphasized_padded(x: np.ndarray, config: FrontendConfig = FrontendConfig(
         x64 = x.astype(np.float64)
         return np.pad(x64[1:] - config.preemphasis * x64[:-1], pad, mode="reflect")
     padded = np.empty(n + 2 * pad, dtype=np.float64)
-    y = padded[pad : pad + n]
-    np.multiply(x[:-1], -config.preemphasis, out=y, dtype=np.float64)
-    y += x[1:]
+    y = preemphasis(x, config, out=padded[pad : pad + n])
     padded[:pad] = y[pad:0:-1]
     padded[pad + n :] = y[-2 : -pad - 2 : -1]
     return padded
@@ -191,13 +199,13 @@ def frame_log_mel(segments: np.ndarray, config: FrontendConfig = FrontendConfig(
     frame the same way.
     """
     sparse = _sparse_banks(config)
-    banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate_hz, config.f_min_hz, config.f_max_hz)
     window = _padded_window(config.win_length, config.n_fft)
-    mel = np.empty((segments.shape[0], banks.shape[0]), dtype=np.float64)
+    mel = np.empty((segments.shape[0], config.n_mels), dtype=np.float64)
     for start in range(0, segments.shape[0], _BLOCK_FRAMES):
         spec = np.fft.rfft(segments[start : start + _BLOCK_FRAMES] * window, axis=-1)
         power = spec.real**2 + spec.imag**2
         if sparse is None:
+            banks = kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate_hz, config.f_min_hz, config.f_max_hz)
             mel[start : start + _BLOCK_FRAMES] = power @ banks.T
         else:
             columns, weights, starts = sparse

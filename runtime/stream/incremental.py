@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..frontend import FrontendConfig, frame_log_mel, log_mel, n_frames, stft_segments
+from ..frontend import FrontendConfig, frame_log_mel, log_mel, n_frames, preemphasis, stft_segments
 
 __all__ = ["IncrementalLogMel"]
 
@@ -49,9 +49,7 @@ class IncrementalLogMel:
             lo = self._next * self._hop - self._half - self._x0
             hi = last * self._hop + self._half + 1 - self._x0
             x = self._x[lo:hi]
-            y = np.empty(x.shape[0] - 1, dtype=np.float64)
-            np.multiply(x[:-1], -self.config.preemphasis, out=y, dtype=np.float64)
-            y += x[1:]
+            y = preemphasis(x, self.config)
             new = frame_log_mel(stft_segments(y, last - self._next + 1, self.config), self.config)
             self._frames = np.concatenate([self._frames, new])
             self._next = last + 1

@@ -27,7 +27,7 @@ import numpy as np
 from dymn_edge.calibration.calibrate import calibrate_bundle
 from dymn_edge.calibration.dataset import FeatureSet, build_feature_set
 from dymn_edge.calibration.ort_qdq import quantize_qdq
-from dymn_edge.calibration.validate import fidelity, labelled_metrics, run_model
+from dymn_edge.calibration.validate import fidelity, labelled_metrics, run_model, top5_overlap
 from dymn_edge.export.auto import interleaved_medians
 from dymn_edge.export.onnx import export_bundle
 from dymn_edge.runtime import load_bundle
@@ -110,7 +110,7 @@ def main() -> None:
             session = ort.InferenceSession(str(work / f"fx-{strategy}-int8.onnx"), providers=["CPUExecutionProvider"])
             got = np.concatenate([session.run(["logits"], {"mel": f})[0] for f in rows_fx.features])
             err = float(np.abs(got - ref.logits).max())
-            agree = float(np.mean([len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])) / 5 for a, b in zip(got, ref.logits)]))
+            agree = float(top5_overlap(ref.logits, got).mean())
             accuracy[f"dymn04_fixture-{strategy}"] = {"int8-onnxruntime": {"top5_agreement": agree, "max_logit_error": err,
                                                                           "logit_range": float(np.abs(ref.logits).max())}}
             print(f"dymn04 fixture {strategy:9s} ORT INT8: top-5 agreement {agree:.3f}, max |dlogit| {err:.3f}", flush=True)

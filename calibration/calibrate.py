@@ -35,22 +35,18 @@ BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 
 
 def _metric_top5_agreement(reference_logits: np.ndarray):
+    from .validate import top5_overlap
+
     def metric(run, features: FeatureSet) -> float:
-        got = np.concatenate([run(x) for x in features.features])
-        ref_top = np.argsort(-reference_logits, axis=1)[:, :5]
-        got_top = np.argsort(-got, axis=1)[:, :5]
-        return float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ref_top, got_top)]))
+        return float(top5_overlap(reference_logits, np.concatenate([run(x) for x in features.features])).mean())
     return metric
 
 
 def _metric_map(targets: np.ndarray):
-    from dymn_edge.runtime.metrics import average_precision
-
-    classes = np.flatnonzero(targets.sum(axis=0) > 0)
+    from .validate import labelled_metrics
 
     def metric(run, features: FeatureSet) -> float:
-        scores = np.concatenate([run(x) for x in features.features])
-        return float(np.mean([average_precision(scores[:, c], targets[:, c]) for c in classes]))
+        return labelled_metrics(np.concatenate([run(x) for x in features.features]), targets)["map"]
     return metric
 
 

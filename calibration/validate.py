@@ -22,7 +22,7 @@ from dymn_edge.runtime.tagging import sigmoid
 
 from .dataset import FeatureSet
 
-__all__ = ["GATES", "Gate", "ModelRun", "compare", "labelled_metrics", "parse_gate", "run_model"]
+__all__ = ["GATES", "Gate", "ModelRun", "compare", "labelled_metrics", "parse_gate", "run_model", "top5_overlap"]
 
 FIDELITY_THRESHOLD = 0.3  # a reference score at or above this counts as a positive for "map_vs_reference"
 
@@ -123,15 +123,21 @@ def _bernoulli_kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.mean(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))))
 
 
+def top5_overlap(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per window, the share of the reference's top 5 classes that the candidate also ranks top 5
+    (scores or logits: only the ranking counts)."""
+    top_ref, top_cand = np.argsort(-reference, axis=1)[:, :5], np.argsort(-candidate, axis=1)[:, :5]
+    return np.array([len(set(a) & set(b)) / 5 for a, b in zip(top_ref, top_cand)])
+
+
 def fidelity(reference: ModelRun, candidate: ModelRun, threshold: float = FIDELITY_THRESHOLD) -> dict:
     ref, cand = reference.scores, candidate.scores
-    top_ref, top_cand = np.argsort(-ref, axis=1), np.argsort(-cand, axis=1)
-    overlap = [len(set(top_ref[i, :5]) & set(top_cand[i, :5])) / 5 for i in range(len(ref))]
+    overlap = top5_overlap(ref, cand)
     positives = (ref >= threshold).astype(np.float32)
     classes = np.flatnonzero(positives.sum(axis=0) > 0)
     aps = [average_precision(cand[:, c], positives[:, c]) for c in classes]
     return {
-        "top1_agreement": float(np.mean(top_ref[:, 0] == top_cand[:, 0])),
+        "top1_agreement": float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1))),
         "top5_agreement": float(np.mean(overlap)),
         "top5_identical": float(np.mean([o == 1.0 for o in overlap])),
         "map_vs_reference": float(np.mean(aps)) if aps else None,

@@ -81,9 +81,10 @@ class TagResult:
         return out
 
 
-def top_tags(scores: np.ndarray, labels: LabelSet, k: int) -> list[Tag]:
-    """The k best classes, best first (ties broken by class index)."""
-    order = np.lexsort((np.arange(len(scores)), -scores.astype(np.float64)))[:k]
+def top_tags(scores: np.ndarray, labels: LabelSet, k: int, among: np.ndarray | None = None) -> list[Tag]:
+    """The k best classes, best first (ties broken by class index); ``among``: only these class indices."""
+    candidates = np.arange(len(scores)) if among is None else np.sort(np.asarray(among))
+    order = candidates[np.lexsort((candidates, -scores[candidates].astype(np.float64)))][:k]
     return [Tag(int(i), labels[int(i)].name, float(scores[i])) for i in order]
 
 

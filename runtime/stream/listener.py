@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DymnEdgeError
 from ..frontend import FrontendConfig
 from ..labels import LabelSet
-from ..tagging import Tag
+from ..tagging import top_tags
 from .events import EventDetector
 from .incremental import IncrementalLogMel
 from .postprocess import Smoother
@@ -111,8 +111,7 @@ class Listener:
     def _on_result(self, result: WindowResult) -> None:
         scores = self.smoother(result.scores)
         result = WindowResult(result.window, scores, result.latency_ms, result.inference_ms)
-        order = self._watch[np.argsort(-scores[self._watch], kind="stable")[: self.options.top_k]]
-        tags = [Tag(int(i), self.labels[int(i)].name, float(scores[i])) for i in order]
+        tags = top_tags(scores, self.labels, self.options.top_k, among=self._watch)
         events = self.detector.update(result.window, scores)
         self.stats.record(result.latency_ms, result.inference_ms)
         with self._sink_lock:

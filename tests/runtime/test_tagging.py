@@ -112,3 +112,14 @@ def test_onnxruntime_prefers_tensorrt_then_cuda_and_keeps_cpu_as_fallback():
     assert preferred_providers(gpu) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert preferred_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert preferred_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_top_tags_among_a_subset_of_classes():
+    from dymn_edge.runtime.labels import audioset_labels
+    from dymn_edge.runtime.tagging import top_tags
+
+    scores = np.zeros(527, dtype=np.float32)
+    scores[[0, 74, 75, 396]] = [0.9, 0.4, 0.7, 0.4]  # Speech is the best overall but not watched
+    tags = top_tags(scores, audioset_labels(), 3, among=[396, 75, 74])
+    assert [(t.index, t.label) for t in tags] == [(75, "Bark"), (74, "Dog"), (396, "Siren")]  # ties by class index
+    assert [t.index for t in top_tags(scores, audioset_labels(), 2)] == [0, 75]

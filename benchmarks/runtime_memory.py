@@ -14,32 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+from cli_child import child_report, spawn_cli  # benchmarks/cli_child.py
 from dymn_edge.runtime.machine import machine_info
 from dymn_edge.runtime.registry import demo_clip_path
-
-# Runs the real CLI entry point, then reports from an atexit hook (after every sink is flushed).
-_CHILD = """
-import atexit, json, sys
-def report():
-    hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
-    print(json.dumps({"peak_rss_mb": hwm / 1024, "torch_loaded": "torch" in sys.modules}), file=sys.stderr)
-atexit.register(report)
-from dymn_edge.cli import main
-sys.argv = ["dymn-edge", *json.loads(sys.argv[1])]
-main()
-"""
 
 
 def measure(bundle: str, audio: str, backend: str) -> dict:
     args = ["tag", audio, "--model", bundle, "--backend", backend, "--json"]
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, timeout=600)
+    proc = spawn_cli(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=600)
     if proc.returncode != 0:
-        raise SystemExit(f"dymn-edge tag failed on {bundle}: {proc.stderr.strip()}")
-    report = json.loads(proc.stderr.strip().splitlines()[-1])
-    tags = json.loads(proc.stdout.splitlines()[0])["tags"]
+        raise SystemExit(f"dymn-edge tag failed on {bundle}: {err.strip()}")
+    report = child_report(err)
+    tags = json.loads(out.splitlines()[0])["tags"]
     return {**report, "top_tag": tags[0]["label"]}
 
 

@@ -27,29 +27,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from cli_child import child_report, spawn_cli  # benchmarks/cli_child.py
 from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The CLI entry point, plus a report of the process's own peak RSS and CPU time at exit.
-_CHILD = """
-import atexit, json, os, sys
-def report():
-    hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
-    t = os.times()
-    print("BENCH " + json.dumps({"peak_rss_mb": hwm / 1024, "process_cpu_s": t.user + t.system,
-                                "torch_loaded": "torch" in sys.modules}), file=sys.stderr)
-atexit.register(report)
-from dymn_edge.cli import main
-sys.argv = ["dymn-edge", *json.loads(sys.argv[1])]
-main()
-"""
-
-
 def _spawn(args: list[str], env=None, stdin=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], stdin=stdin, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=False, env=env)
+    return spawn_cli(args, stdin=stdin, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=False, env=env)
 
 
 def _first_line_time(path: Path, started: float, stop: threading.Event, out: dict) -> None:
@@ -65,7 +50,7 @@ def _finish(proc: subprocess.Popen, started: float) -> dict:
     text = err.decode()
     if proc.returncode != 0:
         raise SystemExit(f"listen failed: {text}")
-    report = json.loads(next(line[6:] for line in text.splitlines() if line.startswith("BENCH ")))
+    report = child_report(text)
     summary_line = next(line for line in text.splitlines() if line.startswith("listened to"))
     return {**report, "summary_line": summary_line, "process_wall_s": time.perf_counter() - started}
 

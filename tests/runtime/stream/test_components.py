@@ -89,7 +89,7 @@ def test_windows_grow_then_slide_and_finish_covers_the_tail():
 @pytest.mark.parametrize("window_s, hop_s, block", [(10, 1, 3200), (2, 0.5, 777), (3, 0.25, 32000 * 4), (1, 0.333, 5000), (2, 0.5, 100)])
 def test_incremental_frontend_equals_a_full_recompute(window_s, hop_s, block):
     audio = load_audio(demo_clip_path())
-    windower, frontend = Windower(window_s, hop_s), None
+    windower = Windower(window_s, hop_s)
     frontend = IncrementalLogMel(windower.window)
     checked = 0
     for i in range(0, len(audio), block):

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from dymn_edge.runtime import embedded_bundle_path, load_bundle
+from dymn_edge.runtime.registry import demo_clip_path
 from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.backends import create_backend
 from dymn_edge.runtime.stream.listener import Listener, ListenOptions
@@ -101,7 +102,7 @@ def test_raw_pcm_on_stdin_gives_the_same_events_as_the_file(mixture, tmp_path):
 
 def test_sigterm_flushes_and_closes_open_events(tmp_path):
     """A live stdin stream stopped by SIGTERM: exit 0, every line complete, open events closed at the stream's end."""
-    wave = (load_audio(embedded_bundle_path().parents[1] / "demo" / "humpback_whale.flac") * 32767).astype(np.int16)
+    wave = (load_audio(demo_clip_path()) * 32767).astype(np.int16)
     out = tmp_path / "live.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "dymn_edge", "listen", "--input", "-", "--input-rate", "32000", "--jsonl", out,
                              "--labels", "Whale vocalization", "--window", "2", "--hop", "0.5"],
@@ -201,7 +202,7 @@ def test_overload_drops_oldest_windows_and_keeps_latency_bounded(mixture):
     ],
 )
 def test_bad_input_is_a_one_line_error(args, message, tmp_path):
-    demo = str(embedded_bundle_path().parents[1] / "demo" / "humpback_whale.flac")
+    demo = str(demo_clip_path())
     proc = _listen(*[demo if a == "DEMO" else a for a in args], cwd=tmp_path, stdin=b"")
     err = proc.stderr.decode()
     assert proc.returncode == 1 and message in err and "Traceback" not in err, err

@@ -48,6 +48,12 @@ def test_dymn_bundle_records_temperature_and_strategy(fixtures_dir, tmp_path):
     assert bundle.manifest["parity"]["max_abs_logit_diff"] < 1e-4
     assert bundle.export_strategy == "matmul" and bundle.manifest["temperature"] == 1.0
     assert bundle.file("checkpoint") is None and bundle.manifest["inputs"][0]["shape"][0] == 1
+    # The shapes the manifest promises (TensorRT profiles) are shapes the model really runs.
+    profile = bundle.manifest["shape_profiles"]["mel"]
+    assert profile == {"min": [1, 1, 128, 1], "opt": [1, 1, 128, 1000], "max": [1, 1, 128, 6000]}
+    session = _session(bundle.require("onnx"))
+    for shape in profile.values():
+        assert session.run(["logits"], {"mel": np.zeros(shape, np.float32)})[0].shape == (1, 527)
 
 
 def test_embedded_bundle_is_the_export_of_the_official_checkpoint(mn04_checkpoint, fixtures_dir):

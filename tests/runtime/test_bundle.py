@@ -125,3 +125,13 @@ def test_write_bundle_is_atomic_and_refuses_to_clobber(bundle_copy, tmp_path):
     with pytest.raises(BundleError):
         write_bundle(tmp_path / "bad", files, {**meta, "precision": "int4"})
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
+
+
+def test_update_manifest_records_findings_but_never_the_payload(bundle_copy):
+    from dymn_edge.runtime.bundle import update_manifest
+
+    updated = update_manifest(load_bundle(bundle_copy), {"lint": {"onnxruntime": {"passed": True}}})
+    assert load_bundle(bundle_copy).manifest["lint"] == {"onnxruntime": {"passed": True}} == updated.manifest["lint"]
+    for key in ("files", "format", "format_version"):
+        with pytest.raises(BundleError, match=f"manifest keys \\['{key}'\\] describe the payload"):
+            update_manifest(load_bundle(bundle_copy), {key: {}})

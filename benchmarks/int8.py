@@ -27,7 +27,8 @@ import numpy as np
 from dymn_edge.calibration.calibrate import calibrate_bundle
 from dymn_edge.calibration.dataset import FeatureSet, build_feature_set
 from dymn_edge.calibration.ort_qdq import quantize_qdq
-from dymn_edge.calibration.validate import fidelity, labelled_metrics, run_model, top5_overlap
+from dymn_edge.calibration.validate import fidelity, labelled_metrics, run_model
+from dymn_edge.runtime.metrics import top5_overlap
 from dymn_edge.export.auto import interleaved_medians
 from dymn_edge.export.onnx import export_bundle
 from dymn_edge.runtime import load_bundle

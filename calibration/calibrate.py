@@ -35,7 +35,7 @@ BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 
 
 def _metric_top5_agreement(reference_logits: np.ndarray):
-    from .validate import top5_overlap
+    from dymn_edge.runtime.metrics import top5_overlap
 
     def metric(run, features: FeatureSet) -> float:
         return float(top5_overlap(reference_logits, np.concatenate([run(x) for x in features.features])).mean())

@@ -17,12 +17,12 @@ import numpy as np
 from dymn_edge.runtime.backends import create_backend
 from dymn_edge.runtime.bundle import Bundle, load_bundle
 from dymn_edge.runtime.errors import CalibrationError
-from dymn_edge.runtime.metrics import average_precision
+from dymn_edge.runtime.metrics import average_precision, top5_overlap
 from dymn_edge.runtime.tagging import sigmoid
 
 from .dataset import FeatureSet
 
-__all__ = ["GATES", "Gate", "ModelRun", "compare", "labelled_metrics", "parse_gate", "run_model", "top5_overlap"]
+__all__ = ["GATES", "Gate", "ModelRun", "compare", "labelled_metrics", "parse_gate", "run_model"]
 
 FIDELITY_THRESHOLD = 0.3  # a reference score at or above this counts as a positive for "map_vs_reference"
 
@@ -121,13 +121,6 @@ def _bernoulli_kl(p: np.ndarray, q: np.ndarray) -> float:
     eps = 1e-7
     p, q = np.clip(p, eps, 1 - eps), np.clip(q, eps, 1 - eps)
     return float(np.mean(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))))
-
-
-def top5_overlap(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Per window, the share of the reference's top 5 classes that the candidate also ranks top 5
-    (scores or logits: only the ranking counts)."""
-    top_ref, top_cand = np.argsort(-reference, axis=1)[:, :5], np.argsort(-candidate, axis=1)[:, :5]
-    return np.array([len(set(a) & set(b)) / 5 for a, b in zip(top_ref, top_cand)])
 
 
 def fidelity(reference: ModelRun, candidate: ModelRun, threshold: float = FIDELITY_THRESHOLD) -> dict:

@@ -407,6 +407,11 @@ def validate(reference, candidates, audio, labels_csv, report, gates, samples, t
         raise click.exceptions.Exit(1)
 
 
+from dymn_edge.training import train  # noqa: E402  (its own module; registered here)
+
+cli.add_command(train)
+
+
 def main() -> None:
     cli(prog_name="dymn-edge")
 

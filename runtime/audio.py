@@ -6,6 +6,7 @@ and any integer or float sample format; integers are scaled to [-1, 1) by soundf
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import soxr
 from .errors import AudioFormatError
 from .frontend import SAMPLE_RATE
 
-__all__ = ["load_audio", "resample", "to_mono", "check_finite"]
+__all__ = ["decode_audio", "load_audio", "resample", "to_mono", "check_finite"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +70,24 @@ def load_audio(path: str | Path, sample_rate_hz: int = SAMPLE_RATE) -> np.ndarra
         raise FileNotFoundError(f"{path}: no such audio file")
     if path.is_dir():
         raise AudioFormatError(f"{path}: is a directory; expected an audio file (WAV, FLAC, OGG, ...)")
+    return _decode(str(path), str(path), sample_rate_hz)
+
+
+def decode_audio(data: bytes, source: str, sample_rate_hz: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode an encoded file held in memory (the MP3 bytes of an AudioSet HDF5 file, say) like ``load_audio``."""
+    return _decode(io.BytesIO(data), source, sample_rate_hz)
+
+
+def _decode(file, source: str, sample_rate_hz: int) -> np.ndarray:
     try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        audio, rate = sf.read(file, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioFormatError(
-            f"{path}: cannot decode audio ({e}); expected a file libsndfile reads (WAV, FLAC, OGG, MP3)"
+            f"{source}: cannot decode audio ({e}); expected a file libsndfile reads (WAV, FLAC, OGG, MP3)"
         ) from e
     if audio.shape[0] == 0:
-        raise AudioFormatError(f"{path}: contains no audio samples")
-    check_finite(audio, str(path))
+        raise AudioFormatError(f"{source}: contains no audio samples")
+    check_finite(audio, source)
     mono = to_mono(audio)
-    logger.debug("%s: %d Hz, %d channel(s), %.3f s", path, rate, audio.shape[1], audio.shape[0] / rate)
+    logger.debug("%s: %d Hz, %d channel(s), %.3f s", source, rate, audio.shape[1], audio.shape[0] / rate)
     return np.ascontiguousarray(resample(mono, rate, sample_rate_hz), dtype=np.float32)

@@ -17,6 +17,7 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "ExportError",
+    "TrainingError",
     "UnknownModelError",
 ]
 
@@ -55,6 +56,10 @@ class ExportError(DymnEdgeError, RuntimeError):
 
 class CalibrationError(DymnEdgeError, RuntimeError):
     """INT8 calibration could not be carried out."""
+
+
+class TrainingError(DymnEdgeError, ValueError):
+    """Training input that cannot be used: missing files, unknown labels, mismatched teacher logits or checkpoints."""
 
 
 class UnknownModelError(DymnEdgeError, KeyError):

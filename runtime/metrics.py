@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["average_precision", "mean_average_precision", "top_k_hits"]
+__all__ = ["average_precision", "mean_average_precision", "top5_overlap", "top_k_hits"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +151,10 @@ def top_k_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"k must be an integer in [1, {scores.shape[1]}], got {k!r}")
     top = np.argsort(-scores.astype(np.float64), axis=1, kind="stable")[:, :k]
     return np.take_along_axis(targets, top, axis=1).any(axis=1)
+
+
+def top5_overlap(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per window, the share of the reference's top 5 classes that the candidate also ranks top 5
+    (scores or logits: only the ranking counts)."""
+    top_ref, top_cand = np.argsort(-reference, axis=1)[:, :5], np.argsort(-candidate, axis=1)[:, :5]
+    return np.array([len(set(a) & set(b)) / 5 for a, b in zip(top_ref, top_cand)])

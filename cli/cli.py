@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from dymn_edge import __version__
+from dymn_edge.export_tensorrt import export_tensorrt_cmd
 from dymn_edge.runtime.errors import DymnEdgeError
 
 __all__ = ["cli", "main"]
@@ -405,6 +406,9 @@ def validate(reference, candidates, audio, labels_csv, report, gates, samples, t
             value = "n/a" if g["value"] is None else f"{g['value']:.4g}"
             click.echo(f"gate failed: {name}: {g['gate']} = {value}, must be {g['direction']} {g['threshold']:g}", err=True)
         raise click.exceptions.Exit(1)
+
+
+export.add_command(export_tensorrt_cmd)
 
 
 def main() -> None:

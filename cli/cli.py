@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from dymn_edge import __version__
+from dymn_edge.doctor import doctor
 from dymn_edge.export_tensorrt import export_tensorrt_cmd
 from dymn_edge.runtime.errors import DymnEdgeError
 
@@ -409,6 +410,7 @@ def validate(reference, candidates, audio, labels_csv, report, gates, samples, t
 
 
 export.add_command(export_tensorrt_cmd)
+cli.add_command(doctor)
 
 
 def main() -> None:

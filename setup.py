@@ -41,8 +41,9 @@ extras = {
     "mic": ["sounddevice>=0.4.6"],
     "mqtt": ["paho-mqtt>=2.0"],
     "calibrate": ["nncf>=2.14", "matplotlib>=3.7"],
-    "tensorrt": ["tensorrt>=8.5", "cuda-python>=12.0"],
-    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scikit-learn>=1.3", "sounddevice>=0.4.6", "paho-mqtt>=2.0"],
+    "tensorrt": ["tensorrt>=8.5", "cuda-python>=12.0", "onnx>=1.15"],  # onnx: lint, Q/DQ rules and cache coverage before a build
+    # cuda-python: the tests check its real answer on a machine without the NVIDIA driver.
+    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scikit-learn>=1.3", "sounddevice>=0.4.6", "paho-mqtt>=2.0", "cuda-python>=12.0"],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("tensorrt", "dev") for req in reqs})
 

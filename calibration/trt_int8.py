@@ -25,14 +25,14 @@ import numpy as np
 
 from dymn_edge.runtime.errors import CalibrationError
 
-__all__ = ["ALGORITHMS", "cache_coverage", "check_qdq", "read_calibration_cache", "write_calibration_cache"]
+__all__ = ["ALGORITHMS", "cache_coverage", "check_qdq", "read_calibration_cache", "version_tag", "write_calibration_cache"]
 
 # Our calibration method -> the TensorRT calibrator whose cache format it fills.
 ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration", "percentile": "EntropyCalibration2"}
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 
 
-def _version_tag(version: str) -> str:
+def version_tag(version: str) -> str:
     """NV_TENSORRT_VERSION as TensorRT prints it in the header: 8.5.2 -> 8502, 10.3.0 -> 100300."""
     try:
         major, minor, patch = ([int(p) for p in version.split(".")[:3]] + [0, 0])[:3]
@@ -46,7 +46,7 @@ def write_calibration_cache(ranges: dict[str, tuple[float, float]], path: Path, 
     """Write TensorRT's text cache; every tensor gets scale = max(|low|, |high|) / 127 (at least 1e-8)."""
     if method not in ALGORITHMS:
         raise CalibrationError(f"unknown calibration method {method!r}; expected one of {', '.join(ALGORITHMS)}")
-    lines = [f"TRT-{_version_tag(tensorrt_version)}-{ALGORITHMS[method]}"]
+    lines = [f"TRT-{version_tag(tensorrt_version)}-{ALGORITHMS[method]}"]
     for name, (low, high) in sorted(ranges.items()):
         if ":" in name or "\n" in name:
             raise CalibrationError(f"tensor name {name!r} cannot be written to a TensorRT calibration cache")

@@ -15,11 +15,14 @@ from pathlib import Path
 import click
 
 from dymn_edge import __version__
+from dymn_edge.doctor import doctor
+from dymn_edge.export_tensorrt import export_tensorrt_cmd
+from dymn_edge.training import train
 from dymn_edge.runtime.errors import DymnEdgeError
 
 __all__ = ["cli", "main"]
 
-BACKEND_CHOICES = ["torch", "onnxruntime", "openvino"]
+BACKEND_CHOICES = ["torch", "onnxruntime", "openvino", "tensorrt"]
 
 
 class _Group(click.Group):
@@ -407,8 +410,8 @@ def validate(reference, candidates, audio, labels_csv, report, gates, samples, t
         raise click.exceptions.Exit(1)
 
 
-from dymn_edge.training import train  # noqa: E402  (its own module; registered here)
-
+export.add_command(export_tensorrt_cmd)
+cli.add_command(doctor)
 cli.add_command(train)
 
 

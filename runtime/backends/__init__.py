@@ -11,7 +11,7 @@ from .base import Backend
 __all__ = ["BACKENDS", "Backend", "check_against_manifest", "create_backend"]
 
 # torch lives on the train side; the runtime only names it so errors can say where it is.
-BACKENDS = ("onnxruntime", "openvino", "torch")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "torch")
 
 
 def check_against_manifest(backend: Backend, bundle: Bundle) -> None:
@@ -30,7 +30,7 @@ def check_against_manifest(backend: Backend, bundle: Bundle) -> None:
 
 
 def create_backend(name: str, bundle: Bundle, *, threads: int | None = None, device: str | None = None, spin: bool = True) -> Backend:
-    """Open the bundle's model on backend ``name`` (onnxruntime or openvino), checked against the manifest.
+    """Open the bundle's model on backend ``name`` (onnxruntime, openvino or tensorrt), checked against the manifest.
 
     ``spin=False`` stops ONNX Runtime's idle threads from busy-waiting between runs: right for a
     stream that runs the model once a hop, wrong for back-to-back batch work.
@@ -55,6 +55,12 @@ def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None,
         device = device or "CPU"
         precision = "f32" if bundle.precision == "fp32" or device.startswith("CPU") else None
         return OpenVinoBackend(model, threads=threads, device=device, precision=precision)
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        hint = ("; TensorRT engines are built on the device that runs them: "
+                f"dymn-edge export tensorrt {bundle.path} --out BUNDLE_TRT")
+        return TensorRTBackend(bundle.require("tensorrt_engine", hint=hint), bundle.manifest.get("tensorrt"), bundle_path=bundle.path)
     if name == "torch":
         raise BackendUnavailableError("the torch backend lives in dymn_edge.train (pip install \"dymn-edge[train]\")")
     raise BackendUnavailableError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")

@@ -163,13 +163,21 @@ def export():
 @click.option("--no-checkpoint", is_flag=True, help="Leave the PyTorch checkpoint out of the bundle.")
 @click.option("--probe-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Recording to check parity on (default: the shipped demo clip).")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Label list (index,mid,display_name). Default: labels.csv beside the checkpoint (as `train finetune` writes), "
+                   "else AudioSet's 527 for 527 classes.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_checkpoint, probe_audio, force):
+def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_checkpoint, probe_audio, labels_file, force):
     """Export MODEL (registry name, checkpoint or bundle) to an ONNX bundle, parity-checked against PyTorch."""
     from dymn_edge.export.onnx import export_bundle
     from dymn_edge.loader import load_torch_model
+    from dymn_edge.runtime.labels import read_labels
 
     loaded, default_name = load_torch_model(model)
+    beside = Path(model).parent / "labels.csv" if Path(model).is_file() else None
+    if labels_file is None and beside is not None and beside.is_file():
+        labels_file = beside
+    labels = read_labels(labels_file) if labels_file is not None else None
     batch = "default" if batch is None else None if batch == "dynamic" else batch
     probe = None
     if probe_audio is not None:
@@ -180,7 +188,7 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
         probe = log_mel(wave[: int(window_s * 32000)])[None, None]
     bundle = export_bundle(
         loaded, out, name=name or default_name, strategy=strategy, batch=batch, opset=opset, window_s=window_s,
-        include_checkpoint=not no_checkpoint, overwrite=force, probe=probe,
+        include_checkpoint=not no_checkpoint, overwrite=force, probe=probe, labels=labels,
     )
     parity = bundle.manifest["parity"]["max_abs_logit_diff"]
     click.echo(f"{bundle.path}: {bundle.family} {bundle.export_strategy}, opset {opset}, max |logit diff| vs PyTorch {parity:.1e}")

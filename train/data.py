@@ -308,9 +308,10 @@ class EpochSampler(Sampler[int]):
         if self.weights is not None:
             w = torch.as_tensor(self.weights, dtype=torch.double)
             return torch.multinomial(w, self.num_samples, replacement=True, generator=g).numpy()
+        rounds = -(-self.num_samples // self.n)  # an epoch longer than the data passes over it again
         if not self.shuffle:
-            return np.arange(self.n)[: self.num_samples]
-        return torch.randperm(self.n, generator=g).numpy()[: self.num_samples]
+            return np.tile(np.arange(self.n), rounds)[: self.num_samples]
+        return np.concatenate([torch.randperm(self.n, generator=g).numpy() for _ in range(rounds)])[: self.num_samples]
 
     def __iter__(self) -> Iterator[int]:
         order = self.global_order()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -158,8 +159,8 @@ class TeacherLogits:
                 return cls(clip_ids=[str(c) for c in z["clip_ids"]], clip_index=z["clip_index"], starts=z["starts"],
                            logits=z["logits"].astype(np.float32), crop_samples=int(meta["crop_samples"]),
                            sample_rate_hz=int(meta["sample_rate_hz"]), teachers=list(meta["teachers"]))
-        except (OSError, ValueError, KeyError) as e:
-            raise TrainingError(f"{path}: unreadable teacher-logits file ({e})") from e
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
+            raise TrainingError(f"{path}: unreadable teacher-logits file ({type(e).__name__}: {e})") from e
 
     def check(self, clips: Clips, num_classes: int, crop_samples: int, source: str = "teacher logits") -> None:
         """Refuse logits made for another class count, crop length or clip set: they would train silently wrong."""

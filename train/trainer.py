@@ -279,6 +279,12 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
+        if self.ctx.enabled:  # log the global batch's losses, not rank 0's half
+            import torch.distributed as dist
+
+            summed = torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64)])
+            dist.all_reduce(summed)
+            totals, seen = summed[:3], int(summed[3].item())
         bar.close()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -286,7 +292,7 @@ class Trainer:
         self._update_temperature(self.epoch)
         means = (totals / max(seen, 1)).tolist()
         temperature = getattr(self.model, "temperature", None)
-        return EpochStats(self.epoch, lr, temperature, *means, samples_per_s=seen * self.ctx.world_size / elapsed)
+        return EpochStats(self.epoch, lr, temperature, *means, samples_per_s=seen / elapsed)
 
     # --- validation --------------------------------------------------------------------------
     @torch.no_grad()

@@ -35,7 +35,7 @@ for part in PARTS:
 
 TORCH = "torch>=2.1"  # install torch==2.13.0 first on machines with a local CPU wheel (see README)
 extras = {
-    "train": [TORCH, "onnx>=1.15"],
+    "train": [TORCH, "onnx>=1.15", "h5py>=3.8", "tensorboard>=2.14"],
     "export": [TORCH, "onnx>=1.15", "onnxslim>=0.1.40"],
     "openvino": ["openvino>=2024.0"],
     "mic": ["sounddevice>=0.4.6"],

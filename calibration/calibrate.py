@@ -4,7 +4,7 @@
 * ``openvino``: an NNCF-quantized IR (``nncf_ov``), optionally with accuracy control.
 * ``tensorrt``: an explicitly quantized Q/DQ model that TensorRT 8.6+/10 builds directly, the FP32
   model, and a calibration cache in TensorRT's format for the implicit INT8 calibrators of
-  TensorRT 8.5 (JetPack 5), both from the same audio (``trt_int8``). The Q/DQ model must pass
+  TensorRT 8.5 (JetPack 5), both from the same audio (``runtime.tensorrt_int8``). The Q/DQ model must pass
   TensorRT's explicit-quantization rules and the cache must cover every tensor, or nothing is written.
 
 The INT8 bundle records how it was made (backend, method, samples, files, excluded parts, tool
@@ -108,7 +108,7 @@ def calibrate_bundle(
             info = quantize_openvino(model_path, tmp / "model.xml", data, method=method, keep_fp=list(keep_fp), accuracy_control=control)
             files = {"model.xml": (tmp / "model.xml", "openvino_xml"), "model.bin": (tmp / "model.bin", "openvino_bin")}
         else:
-            from .trt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
+            from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
 
             info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), flavour="tensorrt")
             problems = check_qdq(tmp / "model.onnx")

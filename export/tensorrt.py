@@ -3,9 +3,8 @@
 Why here and torch-free: an engine is only valid for the TensorRT version and GPU that built it, so
 the build happens on the Jetson itself, where torch is usually absent. Building is still an export
 step (bundle in, bundle out, like ``export/openvino.py``), so it lives in ``export``; but this module
-imports only ``runtime`` (bundles, lint, the TensorRT backend that checks the result) and
-``calibration.trt_int8`` (Q/DQ rules and the calibration cache), neither of which imports torch. It
-cannot live in ``runtime``, which imports no other dymn-edge part. A test runs it with torch blocked.
+imports only ``runtime`` (bundles, lint, the Q/DQ rules and calibration cache of ``runtime.tensorrt_int8``,
+the TensorRT backend that checks the result), which never imports torch. A test runs it with torch blocked.
 
 The build, one TensorRT call per step (``Builder``, ``OnnxParser.parse_from_file``, an
 optimization profile, builder flags, ``build_serialized_network``), dispatched on the version:
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from dymn_edge import __version__
-from dymn_edge.calibration.trt_int8 import cache_coverage, check_qdq, read_calibration_cache, version_tag
+from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache, version_tag
 from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.backends import create_backend
 from dymn_edge.runtime.backends.tensorrt import api_generation, import_tensorrt

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dymn_edge.calibration.calibrate import calibrate_bundle
 from dymn_edge.calibration.dataset import build_feature_set
-from dymn_edge.calibration.trt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
+from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
 from dymn_edge.calibration.validate import fidelity, run_model
 from dymn_edge.runtime.bundle import load_bundle
 from dymn_edge.runtime.errors import BundleError, CalibrationError

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from fake_tensorrt import install
 from dymn_edge.calibration.calibrate import calibrate_bundle
-from dymn_edge.calibration.trt_int8 import cache_coverage, check_qdq, read_calibration_cache
+from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache
 from dymn_edge.cli import cli
 from dymn_edge.export.tensorrt import BatchRange, build_tensorrt_bundle
 from dymn_edge.runtime.bundle import load_bundle, update_manifest, write_bundle

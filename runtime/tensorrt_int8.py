@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dymn_edge.runtime.errors import CalibrationError
+from .errors import CalibrationError
 
 __all__ = ["ALGORITHMS", "cache_coverage", "check_qdq", "read_calibration_cache", "version_tag", "write_calibration_cache"]
 

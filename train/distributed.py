@@ -3,8 +3,8 @@
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; one process per GPU (NCCL) or per CPU slot (gloo).
 Batch norm must see the global batch or DDP trains a different model than one process with
 the same batch size would. PyTorch's SyncBatchNorm only runs on GPUs, so CPU runs use
-``GlobalBatchNorm2d``, written here: it all-reduces the sums through the differentiable
-``torch.distributed.nn.all_reduce`` so gradients flow through the global statistics too.
+``GlobalBatchNorm2d``, written here: it all-reduces the sums with a differentiable all-reduce,
+so gradients flow through the global statistics too.
 """
 
 from __future__ import annotations
@@ -51,18 +51,34 @@ def init_distributed(device_type: str) -> DistributedContext:
     return ctx
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with a gradient: every rank's output depends on every rank's input, so the
+    gradient of the input is the sum of all ranks' output gradients. (torch.distributed.nn's
+    all_reduce does the same but is deprecated in favour of a private module.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the batch summed over all processes."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = (0, 2, 3)
         local = torch.stack([x.sum(dims), (x * x).sum(dims)])  # (2, C)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        total = all_reduce(torch.cat([local.flatten(), count]))
+        total = _SumOverRanks.apply(torch.cat([local.flatten(), count]))
         c = x.shape[1]
         n = total[-1]
         mean = total[:c] / n

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -61,32 +59,9 @@ def test_csv_without_a_path_column_is_refused(tmp_path):
         open_clips(tmp_path / "m.csv")
 
 
-def _write_audioset_hdf5(path, shared, n=4):
-    """EfficientAT / PaSST layout: audio_name, mp3 (vlen uint8 of an encoded MP3), packed 527-bit targets."""
-    h5py = pytest.importorskip("h5py")
-    rows = _esc50_rows(shared, n)
-    labels = audioset_labels()
-    waves, flags = [], []
-    with h5py.File(path, "w") as f:
-        f.create_dataset("audio_name", data=np.array([r["filename"].encode() for r in rows]))
-        mp3 = f.create_dataset("mp3", (n,), dtype=h5py.vlen_dtype(np.uint8))
-        targets = np.zeros((n, 527), dtype=bool)
-        for i, r in enumerate(rows):
-            wave, sr = sf.read(shared / "data" / "esc50" / "audio" / r["filename"], dtype="float32")
-            buf = io.BytesIO()
-            sf.write(buf, wave, sr, format="MP3")
-            mp3[i] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
-            for name in r["audioset_labels"].split(";"):
-                targets[i, labels.find(name).index] = True
-            waves.append(wave)
-            flags.append(targets[i])
-        f.create_dataset("target", data=np.packbits(targets, axis=-1))
-    return rows, np.array(flags)
-
-
-def test_audioset_hdf5_layout(tmp_path, shared):
-    rows, flags = _write_audioset_hdf5(tmp_path / "balanced.hdf", shared)
-    clips = open_clips(tmp_path / "balanced.hdf", audioset_labels())
+def test_audioset_hdf5_layout(audioset_hdf5, shared):
+    path, rows, flags = audioset_hdf5
+    clips = open_clips(path, audioset_labels())
     assert clips.ids == [r["filename"] for r in rows]
     np.testing.assert_array_equal(clips.targets.astype(bool), flags)
     wave = clips.load(1)

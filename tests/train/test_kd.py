@@ -118,3 +118,14 @@ def test_student_names(tmp_path):
     assert build_student("dymn10", 527).config.width_mult == 1.0
     with pytest.raises(TrainingError, match="expected dymn04, dymn10, dymn20 or a width"):
         build_student("resnet50", 527)
+
+
+def test_online_teacher_on_audioset_hdf5_with_worker_processes(audioset_hdf5, tmp_path):
+    """The AudioSet HDF5 layout through the whole loop: labels + an online teacher, two loader workers."""
+    config = _tiny(epochs=1, kd_lambda=0.1, num_workers=2, epoch_len=8)
+    trainer = distill("dymn04", audioset_hdf5[0], tmp_path / "run", config, teachers=["mn04_as"], val_fraction=0.34,
+                      progress=False)
+    row = trainer.history[-1]
+    assert row["label_loss"] > 0 and row["distillation_loss"] > 0
+    assert 0 <= row["val_map"] <= 1 and 0 <= row["teacher_top5"] <= 1
+    assert len(trainer.val_set) == 2 and len(trainer.train_set) == 4

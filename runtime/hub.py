@@ -38,7 +38,7 @@ from rich.progress import (
 
 from . import registry
 from .checksum import sha256_file
-from .errors import ChecksumError, DownloadError
+from .errors import ChecksumError, DownloadError, UnknownModelError
 
 __all__ = ["cached_path", "download", "fetch"]
 
@@ -272,6 +272,9 @@ def fetch(
         DownloadError: The download failed.
     """
     card = registry.get_card(name)
+    if not card.released:
+        raise UnknownModelError(f"{name} has no release file to download: it ships inside the package "
+                                f"({registry.embedded_bundle_path(name)}), with its checkpoint in the bundle")
     path = _checkpoint_path(card)
     explicit = sha256.strip().lower() if sha256 else None
     if explicit is not None and not _HEX64.match(explicit):

@@ -45,6 +45,7 @@ class ModelCard:
     size_bytes: int | None = None
     num_classes: int = 527
     embedded: bool = False  # shipped inside the package as a bundle
+    released: bool = True  # has a release file to download (our own models live only in the package)
 
     def url(self, base: str | None = None) -> str:
         base = base or base_url()
@@ -72,6 +73,8 @@ _CARDS = [
     ModelCard("dymn04_as", "dymn", 0.4, "dymn04_as.pt", 0.450),
     ModelCard("dymn10_as", "dymn", 1.0, "dymn10_as.pt", 0.477),
     ModelCard("dymn20_as", "dymn", 2.0, "dymn20_as_mAP_493.pt", 0.493),
+    # The project's own DyMN, distilled from mn04_as on 358 permissive clips (docs/models.md); no AudioSet mAP.
+    ModelCard("dymn04_edge", "dymn", 0.4, "dymn04_edge.pt", None, embedded=True, released=False),
 ]
 _REGISTRY = {card.name: card for card in _CARDS}
 

@@ -281,3 +281,8 @@ def test_download_progress_bar_goes_to_stderr(server, tmp_path, capsys):
     assert captured.out == ""
     hub.download(server.url + MN04_PATH, tmp_path / "quiet.pt", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_our_own_model_has_nothing_to_download(cache):
+    with pytest.raises(UnknownModelError, match="dymn04_edge has no release file to download: it ships inside the package"):
+        hub.fetch("dymn04_edge")

@@ -129,3 +129,45 @@ def test_online_teacher_on_audioset_hdf5_with_worker_processes(audioset_hdf5, tm
     assert row["label_loss"] > 0 and row["distillation_loss"] > 0
     assert 0 <= row["val_map"] <= 1 and 0 <= row["teacher_top5"] <= 1
     assert len(trainer.val_set) == 2 and len(trainer.train_set) == 4
+
+
+def test_the_shipped_distilled_dymn_is_what_its_manifest_says(shared):
+    """dymn04_edge: a verified bundle whose ONNX model matches its own checkpoint."""
+    from dymn_edge.runtime.bundle import load_bundle
+    from dymn_edge.runtime.registry import embedded_bundle_path
+    from dymn_edge.runtime.tagging import Tagger
+    from dymn_edge.train.inference import torch_tagger
+
+    bundle = load_bundle(embedded_bundle_path("dymn04_edge"))
+    assert bundle.family == "dymn" and bundle.num_classes == 527
+    assert bundle.manifest["training"]["teacher"] == "mn04_as"
+    clip = shared / "data" / "esc50" / "audio" / "4-181865-A-38.flac"
+    if not clip.exists():
+        clip = sorted((shared / "data" / "esc50" / "audio").glob("*.flac"))[0]
+    from dymn_edge.runtime.audio import load_audio
+
+    wave = load_audio(clip)
+    onnx = Tagger.from_bundle(bundle).scores(wave)
+    eager = torch_tagger(bundle).scores(wave)
+    np.testing.assert_allclose(onnx, eager, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_shipped_distilled_dymn_scores_what_the_docs_say(shared, tmp_path):
+    """Re-measure dymn04_edge against mn04_as on the 300 held-out ESC-50 clips (never trained on)."""
+    from click.testing import CliRunner
+
+    from dymn_edge.cli import cli
+    from dymn_edge.runtime.registry import embedded_bundle_path
+
+    r = CliRunner().invoke(cli, ["validate", "--reference", str(embedded_bundle_path("mn04_as")), "--candidate",
+                                 str(embedded_bundle_path("dymn04_edge")), "--audio", str(shared / "data" / "esc50" / "labels.csv"),
+                                 "--report", str(tmp_path), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    student = report["candidates"][0]
+    recorded = json.loads((embedded_bundle_path("dymn04_edge") / "manifest.json").read_text())["training"]["held_out_results"]
+    assert student["labelled"]["map"] == pytest.approx(recorded["map_mapped_esc50"], abs=0.005)
+    assert report["reference"]["labelled"]["map"] == pytest.approx(recorded["teacher_map"], abs=0.005)
+    assert student["fidelity"]["top5_agreement"] == pytest.approx(recorded["top5_agreement_with_teacher"], abs=0.01)
+    assert student["labelled"]["top5_hit"] == pytest.approx(recorded["top5_hit"], abs=0.01)

@@ -16,7 +16,7 @@ __all__ = ["model_info", "registry_table"]
 def _card_info(card: registry.ModelCard) -> dict[str, Any]:
     return {
         "name": card.name, "family": card.family, "width": card.width, "classes": card.num_classes,
-        "audioset_map": card.map, "url": card.url(), "sha256": card.sha256, "size_bytes": card.size_bytes,
+        "audioset_map": card.map, "url": card.url() if card.released else None, "sha256": card.sha256, "size_bytes": card.size_bytes,
     }
 
 

@@ -165,7 +165,8 @@ def test_models_lists_the_registry(cli):
         assert text in proc.stdout
     data = json.loads(cli("models", "--json").stdout)
     rows = {r["name"]: r for r in data["models"]}
-    assert len(rows) == 12 and rows["mn04_as"]["installed"] == "embedded"
+    assert len(rows) == 13 and rows["mn04_as"]["installed"] == "embedded"
+    assert rows["dymn04_edge"]["installed"] == "embedded" and rows["dymn04_edge"]["url"] is None  # ours: no release file
     assert rows["mn10_as"]["sha256"] == "0bd7dc2443af498c289a2e739f02ebb515d6aa3fd3ab9db539c86123ae368a4e"
     assert rows["mn10_as"]["size_bytes"] == 19_708_753
     assert rows["mn10_as"]["url"] == "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/mn10_as_mAP_471.pt"

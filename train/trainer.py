@@ -179,9 +179,12 @@ class Trainer:
         weights = class_balanced_weights(train.targets) if config.weighted_sampler and train.targets is not None else None
         self.sampler = EpochSampler(len(train), batch_size=config.batch_size, weights=weights, num_samples=config.epoch_len or len(train),
                                     seed=config.seed, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        # HDF5 (the C library) is not fork-safe once this process has opened a file, which validation
+        # does before the first epoch: workers for HDF5 data are spawned fresh instead of forked.
+        context = "spawn" if config.num_workers > 0 and train.hdf5 is not None else None
         self.loader = DataLoader(self.train_set, batch_size=config.batch_size // self.ctx.world_size, sampler=self.sampler,
                                  num_workers=config.num_workers, collate_fn=_collate, drop_last=False,
-                                 persistent_workers=config.num_workers > 0)
+                                 persistent_workers=config.num_workers > 0, multiprocessing_context=context)
         self.net: nn.Module = self.model
         if self.ctx.enabled:
             convert_batch_norm(self.model, self.device.type)

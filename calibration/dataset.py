@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dymn_edge.runtime.audio import load_audio
+from dymn_edge.runtime.audio import AUDIO_SUFFIXES, audio_files_in, load_audio
 from dymn_edge.runtime.checksum import sha256_file
 from dymn_edge.runtime.errors import AudioFormatError, CalibrationError
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel
@@ -31,7 +31,6 @@ __all__ = ["AUDIO_SUFFIXES", "MIN_SAMPLES", "AudioList", "FeatureSet", "build_fe
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 MIN_SAMPLES = 16  # fewer windows than this give ranges that one loud clip dominates
 _PATH_COLUMNS = ("path", "filename", "file")
 _LABEL_COLUMNS = ("labels", "audioset_labels")
@@ -75,7 +74,7 @@ def list_audio(spec: str | Path, labels_csv: str | Path | None = None) -> AudioL
         files = [Path(r[path_col].strip()) if Path(r[path_col].strip()).is_absolute() else spec / r[path_col].strip() for r in rows]
         return AudioList(files, listing.labels)
     if spec.is_dir():
-        files = sorted(p for p in spec.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        files = audio_files_in(spec)
         if not files:
             raise CalibrationError(f"{spec}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
         return AudioList(files, None)

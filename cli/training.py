@@ -126,22 +126,13 @@ def kd_cmd(student, logits_file, teachers, init, kd_lambda, kd_temperature, resu
     _require_torch()
     if logits_file is None and not teachers:
         raise click.UsageError("pass --teacher-logits FILE or --teacher MODEL")
-    from dymn_edge.train.data import open_clips
     from dymn_edge.train.recipes import distill
 
-    if kd_lambda is None:  # labels are used when the data has them
-        kd_lambda = 0.1 if str(kw["data"]).lower().endswith((".csv", ".h5", ".hdf", ".hdf5")) and _has_labels(kw["data"], open_clips) else 0.0
     config = _config(kw, kd_lambda=kd_lambda, kd_temperature=kd_temperature)
     trainer = distill(student, kw["data"], kw["out"], config, teacher_logits_file=logits_file, teachers=teachers, val=kw["val"],
                       val_fraction=0.1 if kw["val_fraction"] is None else kw["val_fraction"], init=init, resume=resume,
                       device=kw["device"], progress=not kw["quiet"], on_epoch=_epoch_printer())
     _done(trainer)
-
-
-def _has_labels(data, open_clips) -> bool:
-    from dymn_edge.runtime.labels import audioset_labels
-
-    return open_clips(data, audioset_labels()).targets is not None
 
 
 @train.command("finetune")

@@ -17,11 +17,17 @@ import soxr
 from .errors import AudioFormatError
 from .frontend import SAMPLE_RATE
 
-__all__ = ["decode_audio", "load_audio", "resample", "to_mono", "check_finite"]
+__all__ = ["AUDIO_SUFFIXES", "audio_files_in", "decode_audio", "load_audio", "resample", "to_mono", "check_finite"]
 
 logger = logging.getLogger(__name__)
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")  # what a folder of audio is taken to hold
 RESAMPLE_QUALITY = "HQ"  # soxr's high quality: what librosa.load(sr=...) uses, so EfficientAT's own pipeline
+
+
+def audio_files_in(folder: Path) -> list[Path]:
+    """Every audio file below ``folder`` (by suffix), sorted, so runs over a folder are repeatable."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dymn_edge.runtime.audio import decode_audio, load_audio
+from dymn_edge.runtime.audio import AUDIO_SUFFIXES, audio_files_in, decode_audio, load_audio
 from dymn_edge.runtime.errors import TrainingError
 from dymn_edge.runtime.frontend import SAMPLE_RATE
 from dymn_edge.runtime.labels import Label, LabelSet
@@ -40,7 +40,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5")
 PATH_COLUMNS = ("path", "filename", "file")
 LABEL_COLUMNS = ("labels", "audioset_labels", "label")
@@ -187,7 +186,7 @@ def open_clips(spec: str | Path, labels: LabelSet | None = None, *, new_labels: 
     if path.is_dir():
         if new_labels:
             raise TrainingError(f"{path}: fine-tuning needs labels; pass a CSV of path and labels")
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        files = audio_files_in(path)
         if not files:
             raise TrainingError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
         return Clips(ids=[str(p.relative_to(path)) for p in files], labels=labels, targets=None, source=str(path), paths=files)

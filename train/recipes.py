@@ -75,15 +75,19 @@ def _sample_mels(clips: Clips, crop_samples: int, n: int = 32) -> torch.Tensor:
         return MelSTFT().eval()(waves).unsqueeze(1)
 
 
-def _initialise(student: nn.Module, init: str, clips: Clips, crop_samples: int) -> str:
-    """Warm start from a MobileNet (mapped layers) or load a DyMN of the same architecture."""
-    source = resolve_model(init)
-    path = source.path
+def _load_weights(spec: str, purpose: str):
+    """A registry name, checkpoint or bundle as a loaded PyTorch model (a bundle must carry its checkpoint)."""
+    source = resolve_model(spec)
     if source.kind == "bundle":
         from dymn_edge.runtime.bundle import load_bundle
 
-        path = load_bundle(source.path).require("checkpoint", hint=": the bundle has no PyTorch checkpoint to start from")
-    donor = load_checkpoint(path)
+        return load_checkpoint(load_bundle(source.path).require("checkpoint", hint=f": {purpose} needs the bundle's PyTorch checkpoint"))
+    return load_checkpoint(source.path, expect=source.expect)
+
+
+def _initialise(student: nn.Module, init: str, clips: Clips, crop_samples: int) -> str:
+    """Warm start from a MobileNet (mapped layers) or load a DyMN of the same architecture."""
+    donor = _load_weights(init, "--init")
     if donor.config.family == "mn":
         warm_start_from_mn(student, donor.model, _sample_mels(clips, crop_samples))
         return f"warm start from {init} (MobileNet layers mapped into the DyMN)"
@@ -116,7 +120,7 @@ def distill(student: str, data: str | Path, out: str | Path, config: TrainConfig
     """The paper's recipe: a DyMN student learns from teacher logits (and labels, where the data has them)."""
     stored = TeacherLogits.load(teacher_logits_file) if teacher_logits_file else None
     online = load_teacher(teachers) if teachers and stored is None else None
-    if stored is None and online is None and config.kd_lambda < 1:
+    if stored is None and online is None and config.kd_lambda != 1:
         raise TrainingError("distillation needs --teacher-logits FILE or --teacher MODEL")
     n_classes = stored.num_classes if stored is not None else online.num_classes if online is not None else 527
     labels = audioset_labels() if n_classes == 527 else LabelSet.placeholder(n_classes)
@@ -180,13 +184,7 @@ def finetune(from_model: str, data: str | Path, out: str | Path, config: TrainCo
             bad = [clips.ids[i] for i in np.flatnonzero(counts != 1)[:3]]
             raise TrainingError(f"{data}: --single-label needs exactly one label per clip; e.g. {bad} have {counts[counts != 1][:3].astype(int).tolist()}")
     train, held = split_clips(clips, val, val_fraction, config.seed, labels)
-    source = resolve_model(from_model)
-    path = source.path
-    if source.kind == "bundle":
-        from dymn_edge.runtime.bundle import load_bundle
-
-        path = load_bundle(source.path).require("checkpoint", hint=": fine-tuning needs the bundle's PyTorch checkpoint")
-    model = load_checkpoint(path, expect=source.expect).model
+    model = _load_weights(from_model, "fine-tuning").model
     torch.manual_seed(config.seed)
     _replace_head(model, len(labels))
     if hasattr(model, "set_temperature") and model.temperature is not None:

@@ -16,6 +16,7 @@ TensorBoard scalars.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import random
@@ -60,7 +61,7 @@ class TrainConfig:
     rampdown_start: float | None = None
     rampdown_len: float | None = None
     last_lr_value: float = 0.01
-    kd_lambda: float = 0.1  # weight of the label loss; 1 - kd_lambda weighs the distillation loss
+    kd_lambda: float | None = 0.1  # weight of the label loss (1 - it weighs distillation); None: 0.1 with labels, 0 without
     kd_temperature: float = 1.0
     loss: str = "bce"  # bce (multi-label) or ce (single-label, softmax)
     mixup_alpha: float = 0.3
@@ -81,7 +82,7 @@ class TrainConfig:
             raise TrainingError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise TrainingError(f"batch size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.kd_lambda <= 1.0:
+        if self.kd_lambda is not None and not 0.0 <= self.kd_lambda <= 1.0:
             raise TrainingError(f"kd_lambda must be in [0, 1], got {self.kd_lambda}")
         if self.loss not in ("bce", "ce"):
             raise TrainingError(f"loss must be bce or ce, got {self.loss!r}")
@@ -146,6 +147,8 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train: Clips, val: Clips | None, out: str | Path, *,
                  teacher: Teacher | None = None, teacher_logits: TeacherLogits | None = None, device: str | None = None,
                  progress: bool = True, extra_checkpoint: dict | None = None, frozen: list[nn.Module] | None = None) -> None:
+        if config.kd_lambda is None:
+            config = dataclasses.replace(config, kd_lambda=0.1 if train.targets is not None else 0.0)
         self.config = config
         self.frozen = frozen or []  # kept in eval mode: frozen layers keep their batch-norm statistics
         self.out = Path(out)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from dymn_edge.runtime.errors import TrainingError
 from dymn_edge.runtime.metrics import mean_average_precision, top5_overlap
 from dymn_edge.runtime.frontend import FrontendConfig
+from dymn_edge.runtime.tagging import sigmoid
 
 from .checkpoint import save_checkpoint
 from .data import Clips, CropDataset, EpochSampler, class_balanced_weights
@@ -302,28 +303,30 @@ class Trainer:
 
     # --- validation --------------------------------------------------------------------------
     @torch.no_grad()
+    def _on_crops(self, dataset: CropDataset, model: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> np.ndarray:
+        """``model`` (waveforms -> logits) over the dataset's evaluation crops, in batches."""
+        out = []
+        for b in range(0, len(dataset), batch_size):
+            wave = torch.from_numpy(np.stack([dataset[i]["wave"] for i in range(b, min(b + batch_size, len(dataset)))]))
+            out.append(model(wave.to(self.device)).float().cpu().numpy())
+        return np.concatenate(out)
+
+    def _student(self, wave: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            return self.model(self.mel(wave).unsqueeze(1))[0]
+
     def predict(self, dataset: CropDataset, batch_size: int = 32) -> np.ndarray:
         """Student logits on the dataset's evaluation crops."""
         self.model.eval()
         self.mel.eval()
-        out = []
-        for b in range(0, len(dataset), batch_size):
-            wave = torch.from_numpy(np.stack([dataset[i]["wave"] for i in range(b, min(b + batch_size, len(dataset)))]))
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                logits = self.model(self.mel(wave.to(self.device)).unsqueeze(1))[0]
-            out.append(logits.float().cpu().numpy())
-        return np.concatenate(out)
+        return self._on_crops(dataset, self._student, batch_size)
 
     def _teacher_on_val(self) -> np.ndarray | None:
         if self._val_teacher is None and self.val_set is not None:
             if self.teacher_logits is not None:
                 self._val_teacher = np.stack([self.val_set[i]["teacher"] for i in range(len(self.val_set))])
             elif self.teacher is not None:
-                rows = []
-                for b in range(0, len(self.val_set), 16):
-                    wave = torch.from_numpy(np.stack([self.val_set[i]["wave"] for i in range(b, min(b + 16, len(self.val_set)))]))
-                    rows.append(self.teacher(wave.to(self.device)).float().cpu().numpy())
-                self._val_teacher = np.concatenate(rows)
+                self._val_teacher = self._on_crops(self.val_set, self.teacher, batch_size=16)
         return self._val_teacher
 
     def validate(self) -> dict[str, float]:
@@ -333,8 +336,7 @@ class Trainer:
         result: dict[str, float] = {}
         targets = self.val_set.clips.targets
         if targets is not None and targets.sum() > 0:
-            scores = 1 / (1 + np.exp(-logits))
-            result["val_map"] = mean_average_precision(scores, targets)[0]
+            result["val_map"] = mean_average_precision(sigmoid(logits), targets)[0]
         teacher = self._teacher_on_val()
         if teacher is not None:
             result["teacher_top1"] = float(np.mean(np.argmax(teacher, 1) == np.argmax(logits, 1)))

@@ -58,7 +58,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={
-        "dymn_edge.runtime": ["assets/*.csv", "assets/*.flac", "assets/*.txt", "assets/*.json", "assets/models/*/*"],
+        "dymn_edge.runtime": ["assets/*.csv", "assets/*.flac", "assets/*.txt", "assets/*.json", "assets/demo/*", "assets/models/*/*"],
     },
     include_package_data=False,
     install_requires=[

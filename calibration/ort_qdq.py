@@ -28,11 +28,17 @@ from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
 
 from .dataset import FeatureSet
 
-__all__ = ["METHODS", "KEEP_FP_PRESETS", "collect_ranges", "keep_fp_globs", "nodes_matching", "quantize_qdq"]
+__all__ = ["METHODS", "KEEP_FP_PRESETS", "PERCENTILE", "collect_ranges", "keep_fp_globs", "nodes_matching", "quantize_qdq"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
+
+# The percentile method clips activation ranges at this percentile of |x|. ONNX Runtime's default
+# (99.999) kept the rare outliers of mn04_as's activations: ESC-50 top-5 agreement with FP32
+# 0.853, against 0.883 at 99.99 and 0.851 at 99.95 (64 pool windows; the same order on held-out
+# pool audio). benchmarks/int8.py measures it.
+PERCENTILE = 99.99
 
 # Parts of a graph that are sensitive to INT8, by the node names our exports produce.
 KEEP_FP_PRESETS = {
@@ -158,6 +164,8 @@ def quantize_qdq(
             raise CalibrationError(f"--keep-fp {' '.join(keep_fp)} matches no node of {fp32_model}")
         # Chunks of a few windows: every intermediate tensor of a chunk is held in memory at once.
         extra = {"CalibStridedMinMax": _stride(data, method)}
+        if method == "percentile":
+            extra["CalibPercentile"] = PERCENTILE
         options: dict = {"per_channel": True, "quant_format": q.QuantFormat.QDQ,
                          "activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8}
         if flavour == "tensorrt":

@@ -59,9 +59,10 @@ def _split(data: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
     return take(a), take(b)
 
 
-def sensitivity_table(bundle, audio, validation_audio=None, *, method: str = "minmax", samples: int | None = None, seed: int = 0) -> dict:
-    from .calibrate import sensitivity
+def sensitivity_table(bundle, audio, validation_audio=None, *, method: str | None = None, samples: int | None = None, seed: int = 0) -> dict:
+    from .calibrate import DEFAULT_METHODS, sensitivity
 
+    method = method or DEFAULT_METHODS["onnxruntime"]  # the table ranks ONNX Runtime QDQ damage
     source = load_bundle(bundle)
     kwargs = {"config": source.frontend, "window_s": source.window_s, "labels": source.labels, "seed": seed}
     data = build_feature_set(audio, samples=samples, **kwargs)

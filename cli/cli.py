@@ -354,7 +354,8 @@ def _steady(summary: dict) -> str:
 @click.option("--audio", required=True, type=click.Path(exists=True, path_type=Path), metavar="DIR|CSV", help="Calibration audio: a folder, or a CSV of path[,labels].")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="INT8 bundle folder to write (not needed with --sensitivity).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="Activation ranges. Default: percentile for onnxruntime and tensorrt, minmax for openvino (the most accurate on real audio).")
 @click.option("--keep-fp", multiple=True, metavar="PATTERN",
               help="Keep matching nodes in floating point: attention, context, stem, classifier, or a glob on node names/types. Repeatable.")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Windows to calibrate on (class-balanced when labels are known).")
@@ -383,7 +384,7 @@ def calibrate(bundle, audio, out, backend, method, keep_fp, samples, seed, accur
                               accuracy_control=accuracy_control, validation_audio=validation_audio, max_drop=max_drop,
                               tensorrt_version=tensorrt_version, overwrite=force)
     q = result.manifest["quantization"]
-    click.echo(f"{result.path}: INT8 for {backend} ({method}), {q['windows']} windows from {q['files']} files"
+    click.echo(f"{result.path}: INT8 for {backend} ({q['method']}), {q['windows']} windows from {q['files']} files"
                + (f", {len(q['skipped_files'])} skipped" if q["skipped_files"] else ""))
     for name, verdict in result.manifest.get("lint", {}).items():
         if not verdict["passed"]:

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dymn_edge.calibration.calibrate import calibrate_bundle
+from dymn_edge.calibration.calibrate import DEFAULT_METHODS, calibrate_bundle
 from dymn_edge.calibration.dataset import build_feature_set
 from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
 from dymn_edge.calibration.validate import fidelity, run_model
@@ -38,9 +38,8 @@ def reference(esc50_validation):
 def test_int8_bundle_per_backend(backend, shared, int8_dir, esc50_validation, reference):
     if backend == "openvino":
         pytest.importorskip("nncf", reason='NNCF is not installed (pip install "dymn-edge[calibrate]")')
-    method = "entropy" if backend == "tensorrt" else "minmax"
-    out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / backend, backend=backend, method=method,
-                           samples=32, progress=False)
+    method = DEFAULT_METHODS[backend]
+    out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / backend, backend=backend, samples=32, progress=False)
     assert out.precision == "int8"
     q = out.manifest["quantization"]
     assert q["backend"] == backend and q["windows"] == 32 and q["method"] == method and q["files"] == 32
@@ -64,6 +63,20 @@ def test_int8_bundle_per_backend(backend, shared, int8_dir, esc50_validation, re
         assert out.manifest["lint"]["tensorrt-10"]["passed"] and out.manifest["lint"]["tensorrt-8.5"]["passed"]
     else:
         assert check_qdq(out.require("onnx"))  # ONNX Runtime's own flavour quantizes biases to int32: not for TensorRT
+
+
+def test_default_percentile_calibration_beats_minmax_for_onnxruntime(shared, int8_dir):
+    """Why percentile is ONNX Runtime's default: clipping rare activation outliers keeps more of
+    mn04_as's top 5 on all 300 held-out ESC-50 clips than the full min/max range does (0.885
+    against 0.857 here; a 48-clip subset is too small to rank them)."""
+    esc50 = build_feature_set(shared / "data" / "esc50" / "labels.csv", window_s=10.0, progress=False)
+    reference = run_model(embedded_bundle_path(), esc50, timed_runs=0)
+    agreement = {}
+    for method in ("minmax", "percentile"):
+        out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / f"ort-{method}", method=method,
+                               samples=64, progress=False)
+        agreement[method] = fidelity(reference, run_model(out, esc50, timed_runs=0))["top5_agreement"]
+    assert agreement["percentile"] >= agreement["minmax"] + 0.015, agreement
 
 
 def test_keep_fp_leaves_the_named_parts_in_float(shared, int8_dir):

@@ -76,7 +76,7 @@ def calibrate_bundle(
     """Write an INT8 bundle for ``backend`` at ``dest``; see the module docstring."""
     if backend not in BACKENDS:
         raise CalibrationError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    method = method or DEFAULT_METHODS[backend]
+    defaulted, method = method is None, method or DEFAULT_METHODS[backend]
     if accuracy_control and backend != "openvino":
         raise CalibrationError("--accuracy-control is NNCF's: it needs --backend openvino")
     if accuracy_control and validation_audio is None:
@@ -92,7 +92,7 @@ def calibrate_bundle(
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if backend == "onnxruntime":
-            info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp))
+            info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), fallback_to_minmax=defaulted)
             files = onnx_payload(tmp / "model.onnx", tmp, "model.onnx", "onnx")
         elif backend == "openvino":
             from .nncf_ov import quantize_openvino
@@ -117,7 +117,8 @@ def calibrate_bundle(
         else:
             from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
 
-            info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), flavour="tensorrt")
+            info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), flavour="tensorrt",
+                                fallback_to_minmax=defaulted)
             problems = check_qdq(tmp / "model.onnx")
             if problems:
                 raise CalibrationError("the Q/DQ model breaks TensorRT's explicit-quantization rules: " + "; ".join(problems[:5]))

@@ -119,10 +119,16 @@ def _input(model_path: Path) -> tuple[str, int | None]:
 
 
 def _preprocess(model_path: Path, workdir: Path) -> Path:
+    import onnx
+
     q = _ort_quant()
     out = workdir / "preprocessed.onnx"
     try:
-        q.shape_inference.quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True)
+        # Weights inline: the pre-processor copies a model to temporary folders without its external
+        # weights file, and then cannot read them (every DyMN bundle stores weights externally).
+        inline = workdir / "inline.onnx"
+        onnx.save(onnx.load(str(model_path), load_external_data=True), str(inline))
+        q.shape_inference.quant_pre_process(str(inline), str(out), skip_symbolic_shape=True)
     except Exception as e:  # its failures are untyped; quantizing the raw model still works
         logger.warning("ONNX Runtime pre-processing failed (%s); quantizing the model as it is", e)
         return model_path
@@ -152,10 +158,16 @@ def quantize_qdq(
     keep_fp: list[str] = (),
     flavour: str = "onnxruntime",
     nodes_to_quantize: list[str] | None = None,
+    fallback_to_minmax: bool = False,
 ) -> dict:
-    """Static INT8 QDQ model at ``out_path`` (weights as external data); returns what was done."""
+    """Static INT8 QDQ model at ``out_path`` (weights as external data); returns what was done.
+
+    ``fallback_to_minmax``: when a histogram method fails on a nearly constant tensor, calibrate
+    with min/max instead (recorded as ``fallback_from``) rather than raise.
+    """
     q = _ort_quant()
     calibrate_method = _method(method)
+    fallback = None
     with tempfile.TemporaryDirectory() as tmp:
         source = _preprocess(Path(fp32_model), Path(tmp))
         input_name, batch = _input(source)
@@ -178,14 +190,35 @@ def quantize_qdq(
         elif flavour != "onnxruntime":
             raise CalibrationError(f"unknown QDQ flavour {flavour!r}")
         try:
-            with _quiet():
-                q.quantize_static(str(source), str(out_path), _Reader(data.features, input_name, batch), calibrate_method=calibrate_method,
-                                  nodes_to_exclude=excluded, nodes_to_quantize=nodes_to_quantize, extra_options=extra,
-                                  use_external_data_format=True, **options)
+            _quantize_static(q, source, out_path, _Reader(data.features, input_name, batch), calibrate_method, excluded,
+                             nodes_to_quantize, extra, options)
+        except ValueError as e:
+            # ONNX Runtime's histogram calibrators fail on a tensor whose values are nearly constant
+            # (numpy cannot cut 2048 distinct float32 bins in its range); min/max has no histogram.
+            if method == "minmax" or "Too many bins" not in str(e):
+                raise CalibrationError(f"ONNX Runtime static quantization of {fp32_model} failed: {e}") from e
+            if not fallback_to_minmax:
+                raise CalibrationError(f"{method} calibration of {fp32_model} failed on a nearly constant tensor "
+                                       f"(ONNX Runtime's histogram: {e}); use --method minmax") from e
+            logger.warning("%s calibration failed on a nearly constant tensor (%s); using minmax instead", method, e)
+            fallback, method = method, "minmax"
+            extra.pop("CalibPercentile", None)
+            extra["CalibStridedMinMax"] = _stride(data, method)
+            try:
+                _quantize_static(q, source, out_path, _Reader(data.features, input_name, batch), _method(method), excluded,
+                                 nodes_to_quantize, extra, options)
+            except Exception as e2:  # onnxruntime.quantization raises bare exceptions
+                raise CalibrationError(f"ONNX Runtime static quantization of {fp32_model} failed: {e2}") from e2
         except Exception as e:  # onnxruntime.quantization raises bare exceptions
             raise CalibrationError(f"ONNX Runtime static quantization of {fp32_model} failed: {e}") from e
     return {"method": method, "flavour": flavour, "per_channel": True, "excluded_nodes": len(excluded),
-            "symmetric_activations": flavour == "tensorrt", "samples": len(data)}
+            "symmetric_activations": flavour == "tensorrt", "samples": len(data), **({"fallback_from": fallback} if fallback else {})}
+
+
+def _quantize_static(q, source, out_path, reader, calibrate_method, excluded, nodes_to_quantize, extra, options) -> None:
+    with _quiet():
+        q.quantize_static(str(source), str(out_path), reader, calibrate_method=calibrate_method, nodes_to_exclude=excluded,
+                          nodes_to_quantize=nodes_to_quantize, extra_options=extra, use_external_data_format=True, **options)
 
 
 def collect_ranges(fp32_model: Path, data: FeatureSet, *, method: str = "entropy") -> dict[str, tuple[float, float]]:

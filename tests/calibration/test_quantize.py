@@ -160,3 +160,41 @@ def test_qdq_rules_catch_what_tensorrt_refuses(tmp_path):
     assert any("per-channel scales on an activation" in p for p in problems(_qdq_graph(0, 0.02, axis=0, activation_per_channel=True)))
     plain = onnx.load(str(embedded_bundle_path() / "model.onnx"))
     assert problems(plain) == ["no QuantizeLinear/DequantizeLinear nodes: not an explicitly quantized model"]
+
+
+def _near_constant_model(path, external: bool = False) -> None:
+    """x -> 1 + 1e-7 x (a few float32 ulps around 1: no 2048-bin histogram fits) -> 1x1 Conv."""
+    weight = numpy_helper.from_array(np.full((4, 1, 1, 1), 0.5, np.float32), "w")
+    nodes = [helper.make_node("Mul", ["mel", "tiny"], ["scaled"]), helper.make_node("Add", ["scaled", "one"], ["flat"]),
+             helper.make_node("Conv", ["flat", "w"], ["logits"], name="/features.1/Conv")]
+    graph = helper.make_graph(nodes, "near_constant", [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [weight, numpy_helper.from_array(np.float32(1e-7), "tiny"), numpy_helper.from_array(np.float32(1), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data", size_threshold=0)
+
+
+def test_histogram_failure_on_a_nearly_constant_tensor_falls_back_to_minmax_only_when_defaulted(tmp_path, rng):
+    from dymn_edge.calibration.dataset import FeatureSet
+    from dymn_edge.calibration.ort_qdq import quantize_qdq
+
+    _near_constant_model(tmp_path / "m.onnx")
+    data = FeatureSet([rng.standard_normal((1, 1, 8, 8)).astype(np.float32) for _ in range(16)], [("x", float(i)) for i in range(16)], None)
+    with pytest.raises(CalibrationError, match=r"percentile calibration of .*m.onnx failed on a nearly constant tensor.*use --method minmax"):
+        quantize_qdq(tmp_path / "m.onnx", tmp_path / "q.onnx", data, method="percentile")
+    info = quantize_qdq(tmp_path / "m.onnx", tmp_path / "q.onnx", data, method="percentile", fallback_to_minmax=True)
+    assert info["method"] == "minmax" and info["fallback_from"] == "percentile"
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+
+
+def test_pre_processing_reads_external_weights(tmp_path):
+    """ONNX Runtime's pre-processor loses a model's external weights file; ours inlines them first."""
+    from dymn_edge.calibration.ort_qdq import _preprocess
+
+    _near_constant_model(tmp_path / "m.onnx", external=True)
+    assert (tmp_path / "m.onnx.data").exists()
+    work = tmp_path / "work"
+    work.mkdir()
+    out = _preprocess(tmp_path / "m.onnx", work)
+    assert out == work / "preprocessed.onnx"
+    assert numpy_helper.to_array(next(t for t in onnx.load(str(out)).graph.initializer if t.name == "w")).tolist() == [[[[0.5]]]] * 4

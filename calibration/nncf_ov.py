@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ import numpy as np
 from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
 
 from .dataset import FeatureSet
-from .ort_qdq import keep_fp_globs
+from .ort_qdq import keep_fp_globs, kernel_aggregations
 
 __all__ = ["quantize_openvino"]
 
@@ -70,7 +71,10 @@ def quantize_openvino(
 
     calibration = nncf.Dataset(data.features, feed)
     globs = keep_fp_globs(list(keep_fp))
-    ignored = nncf.IgnoredScope(patterns=[fnmatch.translate(g) for g in globs], validate=False) if globs else None
+    # DyMN's kernel aggregations stay in float for NNCF too (see ort_qdq.kernel_aggregations).
+    aggregations = kernel_aggregations(model_path) if Path(model_path).suffix == ".onnx" else []
+    patterns = [fnmatch.translate(g) for g in globs] + ["^" + re.escape(name) + "(/.*)?$" for name in aggregations]
+    ignored = nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None
     advanced = AdvancedQuantizationParameters(activations_range_estimator_params=_range_estimator(nncf, method))
     common = {"preset": nncf.QuantizationPreset.MIXED, "subset_size": len(data), "ignored_scope": ignored}
     try:

@@ -198,3 +198,30 @@ def test_pre_processing_reads_external_weights(tmp_path):
     out = _preprocess(tmp_path / "m.onnx", work)
     assert out == work / "preprocessed.onnx"
     assert numpy_helper.to_array(next(t for t in onnx.load(str(out)).graph.initializer if t.name == "w")).tolist() == [[[[0.5]]]] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorrt", "openvino"])
+def test_trained_dymn_keeps_its_kernels_in_float_and_survives_int8(backend, shared, int8_dir, esc50_validation):
+    """dymn04_edge collapsed (top-5 hit 0.000) under TensorRT Q/DQ and NNCF while its kernel
+    aggregations (attention @ bank) were quantized; they now stay in float."""
+    if backend == "openvino":
+        pytest.importorskip("nncf", reason='NNCF is not installed (pip install "dymn-edge[calibrate]")')
+    from dymn_edge.calibration.ort_qdq import kernel_aggregations, run_time_weight_nodes
+
+    source = embedded_bundle_path("dymn04_edge")
+    fp32_onnx = load_bundle(source).require("onnx")
+    aggregations = kernel_aggregations(fp32_onnx)
+    assert len(aggregations) == 3 * 15 - 1  # exp, depth, proj per block; block 0 has no expansion
+    out = calibrate_bundle(source, shared / "data" / "pool", int8_dir / f"dymn04_edge-{backend}", backend=backend, samples=32, progress=False)
+    reference = run_model(source, esc50_validation, timed_runs=0)
+    fid = fidelity(reference, run_model(out, esc50_validation, backend="onnxruntime" if backend == "tensorrt" else backend, timed_runs=0))
+    assert fid["top5_agreement"] > 0.6, fid  # 0.11 (TensorRT) and 0.17 (NNCF) before
+    if backend == "tensorrt":
+        model = onnx.load(str(out.require("onnx")))
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        float_nodes = set(aggregations) | set(run_time_weight_nodes(fp32_onnx))
+        for node in model.graph.node:
+            if node.name in float_nodes:
+                assert not any(producers.get(i) == "DequantizeLinear" for i in node.input), node.name
+        assert check_qdq(out.require("onnx")) == []

@@ -1,0 +1,107 @@
+"""Is static INT8 (ONNX Runtime QDQ) faster than FP32 on this machine's CPU? A short, self-contained check
+for any x86 machine, e.g. one with AVX-512 VNNI or AMX, which the development machines lack.
+
+Exports dymn04/dymn10 (EfficientAT init, seed 0) in the matmul and grouped strategies, quantizes
+them with int8 (S8S8) and uint8 (U8S8) activations (per-channel int8 weights, MinMax on 8 pool
+windows), takes mn04_as from the embedded bundle, and times FP32 against INT8 in interleaved rounds
+at 1 and 2 threads, batch 1, a 10 s window. Prints the CPU's VNNI/AMX flags with the results.
+
+    python benchmarks/int8_ort_cpu.py [--calibration WINDOWS.npy | --shared ../shared] [--json OUT.json]
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import onnxruntime.quantization as q
+
+REPO = Path(__file__).resolve().parents[1]
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--calibration", type=Path, help="(N, 1, 128, 1000) float32 log-mel windows; default: 8 windows of SHARED/data/pool")
+parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DYMN_EDGE_SHARED", REPO.parent / "shared")))
+parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "int8_ort_cpu.json")
+args = parser.parse_args()
+os.chdir(REPO)
+work = Path(tempfile.mkdtemp(prefix="int8_ort_cpu_"))
+cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0]
+info = {"cpu": [l for l in cpu.splitlines() if l.startswith(("Model name", "CPU(s)", "Thread", "Core"))],
+        "vnni": [f for f in flags.split() if "vnni" in f or f.startswith("amx")], "onnxruntime": ort.__version__, "python": platform.python_version()}
+print(json.dumps(info), flush=True)
+if args.calibration:
+    cal = list(np.load(args.calibration))
+else:
+    from dymn_edge.calibration.dataset import build_feature_set
+
+    windows = build_feature_set(args.shared / "data" / "pool", window_s=10.0, samples=32, progress=False).features
+    cal = [w[0] for w in windows if w.shape[-1] == 1000][:8]
+x = cal[0][None]
+
+class Reader:
+    def __init__(self, name): self.it, self.name = iter(cal), name
+    def get_next(self):
+        v = next(self.it, None); return None if v is None else {self.name: v[None]}
+    def __len__(self): return len(cal)
+    def set_range(self, start_index, end_index): self.it = iter(cal[start_index:end_index])
+
+def export(key):
+    if key == "mn04":
+        return Path("runtime/assets/models/mn04_as/model.onnx")
+    import torch
+    from dymn_edge.export.onnx import export_bundle
+    from dymn_edge.train import create_model, save_checkpoint
+    from dymn_edge.train.checkpoint import load_checkpoint
+    name, strategy = key.split("-")
+    if not (work / f"{name}.pt").exists():
+        torch.manual_seed(0); m = create_model(name).eval(); m.set_temperature(1.0)
+        save_checkpoint(m, work / f"{name}.pt")
+    b = export_bundle(load_checkpoint(work / f"{name}.pt"), work / key, name=name, strategy=strategy, batch=1,
+                      include_checkpoint=False, verify_parity=False, overwrite=True)
+    return b.require("onnx")
+
+def session(path, threads):
+    so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return lambda v: s.run(None, {name: v})
+
+rows = []
+for key in ["mn04", "dymn04-matmul", "dymn10-matmul", "dymn04-grouped", "dymn10-grouped"]:
+    fp = export(key)
+    from dymn_edge.calibration.ort_qdq import _preprocess
+    (work / key).mkdir(exist_ok=True)
+    pre = _preprocess(Path(fp), work / key)
+    name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    variants = {"fp32": fp}
+    for tag, act in (("s8s8", q.QuantType.QInt8), ("u8s8", q.QuantType.QUInt8)):
+        dst = work / f"{key}-{tag}.onnx"
+        t0 = time.time()
+        with contextlib.redirect_stdout(io.StringIO()):
+            q.quantize_static(str(pre), str(dst), Reader(name), calibrate_method=q.CalibrationMethod.MinMax, per_channel=True,
+                              quant_format=q.QuantFormat.QDQ, activation_type=act, weight_type=q.QuantType.QInt8,
+                              extra_options={"CalibStridedMinMax": 1}, use_external_data_format=True)
+        variants[tag] = dst
+    for threads in (1, 2):
+        runners = {tag: session(p, threads) for tag, p in variants.items()}
+        times = {t: [] for t in runners}
+        for r in runners.values():
+            for _ in range(5): r(x)
+        for _ in range(10):
+            for t, r in runners.items():
+                for _ in range(5):
+                    s = time.perf_counter(); r(x); times[t].append((time.perf_counter() - s) * 1e3)
+        med = {t: float(np.median(v)) for t, v in times.items()}
+        row = {"model": key, "threads": threads, **{f"{t}_ms": v for t, v in med.items()},
+               "s8s8_speedup": med["fp32"] / med["s8s8"], "u8s8_speedup": med["fp32"] / med["u8s8"]}
+        rows.append(row)
+        args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+        print(f"{key:16s} {threads}t FP32 {med['fp32']:7.2f}  S8S8 {med['s8s8']:7.2f} (x{row['s8s8_speedup']:.2f})  U8S8 {med['u8s8']:7.2f} (x{row['u8s8_speedup']:.2f})", flush=True)
+args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))

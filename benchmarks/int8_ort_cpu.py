@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +44,6 @@ else:
     cal = [w[0] for w in windows if w.shape[-1] == 1000][:8]
 x = cal[0][None]
 
-class Reader:
-    def __init__(self, name): self.it, self.name = iter(cal), name
-    def get_next(self):
-        v = next(self.it, None); return None if v is None else {self.name: v[None]}
-    def __len__(self): return len(cal)
-    def set_range(self, start_index, end_index): self.it = iter(cal[start_index:end_index])
-
 def export(key):
     if key == "mn04":
         return Path("runtime/assets/models/mn04_as/model.onnx")
@@ -73,35 +65,28 @@ def session(path, threads):
     name = s.get_inputs()[0].name
     return lambda v: s.run(None, {name: v})
 
+from dymn_edge.calibration.ort_qdq import _Reader, _preprocess
+from dymn_edge.export.auto import interleaved_medians
+
 rows = []
 for key in ["mn04", "dymn04-matmul", "dymn10-matmul", "dymn04-grouped", "dymn10-grouped"]:
     fp = export(key)
-    from dymn_edge.calibration.ort_qdq import _preprocess
     (work / key).mkdir(exist_ok=True)
     pre = _preprocess(Path(fp), work / key)
     name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     variants = {"fp32": fp}
     for tag, act in (("s8s8", q.QuantType.QInt8), ("u8s8", q.QuantType.QUInt8)):
         dst = work / f"{key}-{tag}.onnx"
-        t0 = time.time()
         with contextlib.redirect_stdout(io.StringIO()):
-            q.quantize_static(str(pre), str(dst), Reader(name), calibrate_method=q.CalibrationMethod.MinMax, per_channel=True,
+            q.quantize_static(str(pre), str(dst), _Reader([c[None] for c in cal], name, None), calibrate_method=q.CalibrationMethod.MinMax, per_channel=True,
                               quant_format=q.QuantFormat.QDQ, activation_type=act, weight_type=q.QuantType.QInt8,
                               extra_options={"CalibStridedMinMax": 1}, use_external_data_format=True)
         variants[tag] = dst
     for threads in (1, 2):
         runners = {tag: session(p, threads) for tag, p in variants.items()}
-        times = {t: [] for t in runners}
-        for r in runners.values():
-            for _ in range(5): r(x)
-        for _ in range(10):
-            for t, r in runners.items():
-                for _ in range(5):
-                    s = time.perf_counter(); r(x); times[t].append((time.perf_counter() - s) * 1e3)
-        med = {t: float(np.median(v)) for t, v in times.items()}
+        med = interleaved_medians(runners, x, rounds=10, runs_per_round=5, warmup=5)
         row = {"model": key, "threads": threads, **{f"{t}_ms": v for t, v in med.items()},
                "s8s8_speedup": med["fp32"] / med["s8s8"], "u8s8_speedup": med["fp32"] / med["u8s8"]}
         rows.append(row)
         args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
         print(f"{key:16s} {threads}t FP32 {med['fp32']:7.2f}  S8S8 {med['s8s8']:7.2f} (x{row['s8s8_speedup']:.2f})  U8S8 {med['u8s8']:7.2f} (x{row['u8s8_speedup']:.2f})", flush=True)
-args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))

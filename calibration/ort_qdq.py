@@ -25,6 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
+from dymn_edge.runtime.lint import constant_tensors
 
 from .dataset import FeatureSet
 
@@ -101,6 +102,10 @@ def _quiet():
     logger.debug("onnxruntime.quantization: %s", captured.getvalue().strip())
 
 
+class _NearlyConstant(Exception):
+    """A histogram calibrator met a tensor it cannot bin."""
+
+
 def _stride(data: FeatureSet, method: str, most: int = 8) -> int:
     """Windows per calibration chunk: the largest divisor of their count up to ``most`` (ONNX Runtime
     requires a divisor); 1 for histogram methods when windows differ in length, which stack per chunk."""
@@ -141,33 +146,37 @@ def keep_fp_globs(patterns: list[str]) -> list[str]:
     return [g for p in patterns for g in KEEP_FP_PRESETS.get(p, [p])]
 
 
-def kernel_aggregations(model_path: Path) -> list[str]:
+def _graph(model):
+    """The graph of an ONNX model, or of the model file at a path (weights not read)."""
+    import onnx
+
+    return (model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)).graph
+
+
+def kernel_aggregations(model) -> list[str]:
     """DyMN's kernel aggregations (attention softmax @ constant bank of K kernels): always left in float.
 
     Their output *is* a convolution kernel. Quantizing the bank per K-slice gives every channel of
     a kernel one shared scale, so small channels round to zero: the distilled dymn04_edge fell to
     top-5 agreement 0.11 (TensorRT Q/DQ) and 0.17 (NNCF) with them quantized. They are tiny GEMVs.
+    ``model``: an ONNX model or its path.
     """
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    constants = {t.name for t in model.graph.initializer}
-    softmax = {o for n in model.graph.node if n.op_type == "Softmax" for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in softmax and n.input[1] in constants]
+    graph = _graph(model)
+    constants = constant_tensors(graph)
+    softmax = {o for n in graph.node if n.op_type == "Softmax" for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[0] in softmax and n.input[1] in constants]
 
 
-def run_time_weight_nodes(model_path: Path) -> list[str]:
+def run_time_weight_nodes(model) -> list[str]:
     """Conv and MatMul nodes whose weights are computed at run time (DyMN's aggregated kernels).
 
     TensorRT runs no INT8 layer with run-time weights (``dymn-edge lint`` flags them), so its Q/DQ
     flavour leaves them in float: quantized per tensor, dymn04_edge's top-5 agreement was 0.74,
-    against 0.87 with them in float.
+    against 0.87 with them in float. ``model``: an ONNX model or its path.
     """
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    constants = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.input[1] not in constants]
+    graph = _graph(model)
+    constants = constant_tensors(graph)
+    return [n.name for n in graph.node if n.op_type in ("Conv", "MatMul") and n.input[1] not in constants]
 
 
 def nodes_matching(model_path: Path, patterns: list[str]) -> list[str]:
@@ -195,8 +204,10 @@ def quantize_qdq(
     ``fallback_to_minmax``: when a histogram method fails on a nearly constant tensor, calibrate
     with min/max instead (recorded as ``fallback_from``) rather than raise.
     """
+    import onnx
+
     q = _ort_quant()
-    calibrate_method = _method(method)
+    _method(method)  # an unknown method fails before any work
     fallback = None
     with tempfile.TemporaryDirectory() as tmp:
         source = _preprocess(Path(fp32_model), Path(tmp))
@@ -204,53 +215,50 @@ def quantize_qdq(
         excluded = nodes_matching(source, list(keep_fp)) if keep_fp else []
         if keep_fp and not excluded:
             raise CalibrationError(f"--keep-fp {' '.join(keep_fp)} matches no node of {fp32_model}")
-        always_fp = kernel_aggregations(source) + (run_time_weight_nodes(source) if flavour == "tensorrt" else [])
+        structure = onnx.load(str(source), load_external_data=False)  # read once for both node lists
+        always_fp = kernel_aggregations(structure) + (run_time_weight_nodes(structure) if flavour == "tensorrt" else [])
         excluded += [n for n in always_fp if n not in excluded]
-        # Chunks of a few windows: every intermediate tensor of a chunk is held in memory at once.
-        extra = {"CalibStridedMinMax": _stride(data, method)}
-        if method == "percentile":
-            extra["CalibPercentile"] = PERCENTILE
         options: dict = {"per_channel": True, "quant_format": q.QuantFormat.QDQ,
                          "activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8}
+        flavour_extra: dict = {}
         if flavour == "tensorrt":
             # TensorRT: symmetric int8 (zero point 0) everywhere, standard-domain Q/DQ, weights as
             # int8 initializers behind a DequantizeLinear; only layers TensorRT runs in INT8.
             # Biases stay FP32: TensorRT fuses them into its INT8 kernels and its DequantizeLinear
             # takes no int32 input.
-            extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "UseQDQContribOps": False, "QuantizeBias": False})
+            flavour_extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "UseQDQContribOps": False, "QuantizeBias": False}
             options["op_types_to_quantize"] = ["Conv", "MatMul", "Gemm"]
         elif flavour != "onnxruntime":
             raise CalibrationError(f"unknown QDQ flavour {flavour!r}")
-        try:
-            _quantize_static(q, source, out_path, _Reader(data.features, input_name, batch), calibrate_method, excluded,
-                             nodes_to_quantize, extra, options)
-        except ValueError as e:
-            # ONNX Runtime's histogram calibrators fail on a tensor whose values are nearly constant
-            # (numpy cannot cut 2048 distinct float32 bins in its range); min/max has no histogram.
-            if method == "minmax" or "Too many bins" not in str(e):
+
+        def attempt(method: str) -> None:
+            # Chunks of a few windows: every intermediate tensor of a chunk is held in memory at once.
+            extra = {"CalibStridedMinMax": _stride(data, method), **flavour_extra}
+            if method == "percentile":
+                extra["CalibPercentile"] = PERCENTILE
+            try:
+                with _quiet():
+                    q.quantize_static(str(source), str(out_path), _Reader(data.features, input_name, batch), calibrate_method=_method(method),
+                                      nodes_to_exclude=excluded, nodes_to_quantize=nodes_to_quantize, extra_options=extra,
+                                      use_external_data_format=True, **options)
+            except Exception as e:  # onnxruntime.quantization raises bare exceptions
+                # Its histogram calibrators fail on a tensor whose values are nearly constant (numpy
+                # cannot cut 2048 distinct float32 bins in its range); min/max has no histogram.
+                if method != "minmax" and isinstance(e, ValueError) and "Too many bins" in str(e):
+                    raise _NearlyConstant(str(e)) from e
                 raise CalibrationError(f"ONNX Runtime static quantization of {fp32_model} failed: {e}") from e
+
+        try:
+            attempt(method)
+        except _NearlyConstant as e:
             if not fallback_to_minmax:
                 raise CalibrationError(f"{method} calibration of {fp32_model} failed on a nearly constant tensor "
                                        f"(ONNX Runtime's histogram: {e}); use --method minmax") from e
             logger.warning("%s calibration failed on a nearly constant tensor (%s); using minmax instead", method, e)
             fallback, method = method, "minmax"
-            extra.pop("CalibPercentile", None)
-            extra["CalibStridedMinMax"] = _stride(data, method)
-            try:
-                _quantize_static(q, source, out_path, _Reader(data.features, input_name, batch), _method(method), excluded,
-                                 nodes_to_quantize, extra, options)
-            except Exception as e2:  # onnxruntime.quantization raises bare exceptions
-                raise CalibrationError(f"ONNX Runtime static quantization of {fp32_model} failed: {e2}") from e2
-        except Exception as e:  # onnxruntime.quantization raises bare exceptions
-            raise CalibrationError(f"ONNX Runtime static quantization of {fp32_model} failed: {e}") from e
+            attempt(method)
     return {"method": method, "flavour": flavour, "per_channel": True, "excluded_nodes": len(excluded),
             "symmetric_activations": flavour == "tensorrt", "samples": len(data), **({"fallback_from": fallback} if fallback else {})}
-
-
-def _quantize_static(q, source, out_path, reader, calibrate_method, excluded, nodes_to_quantize, extra, options) -> None:
-    with _quiet():
-        q.quantize_static(str(source), str(out_path), reader, calibrate_method=calibrate_method, nodes_to_exclude=excluded,
-                          nodes_to_quantize=nodes_to_quantize, extra_options=extra, use_external_data_format=True, **options)
 
 
 def collect_ranges(fp32_model: Path, data: FeatureSet, *, method: str = "entropy") -> dict[str, tuple[float, float]]:

@@ -35,6 +35,7 @@ __all__ = [
     "TENSORRT_RELEASES",
     "Finding",
     "LintReport",
+    "constant_tensors",
     "lint_bundle",
     "lint_onnx",
     "tensorrt_support_table",
@@ -95,6 +96,16 @@ class LintReport:
         return {"target": self.target, **self.summary(), "findings": [asdict(f) for f in self.findings]}
 
 
+def constant_tensors(graph) -> set[str]:
+    """Names of the tensors of an ONNX graph known before it runs: initializers, Constant outputs,
+    and a DequantizeLinear of either (Q/DQ weights are still constant weights)."""
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in constants:
+            constants.update(n.output)
+    return constants
+
+
 class _Graph:
     """The facts every check needs, read once: opset, nodes, constants, tensor types, input shapes."""
 
@@ -111,11 +122,7 @@ class _Graph:
         self.opset = self.opsets.get("ai.onnx", 0)
         self.nodes = list(graph.node)
         self.initializers = {t.name for t in graph.initializer}
-        self.constants = set(self.initializers) | {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
-        # A DequantizeLinear of a constant (Q/DQ weights) is still a constant weight.
-        for n in self.nodes:
-            if n.op_type == "DequantizeLinear" and n.input[0] in self.constants:
-                self.constants.update(n.output)
+        self.constants = constant_tensors(graph)
         self.dtypes: dict[str, int] = {}
         self.shapes: dict[str, list[int | str | None]] = {}
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):

@@ -63,6 +63,7 @@ def calibrate_bundle(
     *,
     backend: str = "onnxruntime",
     method: str | None = None,
+    activations: str = "int8",
     keep_fp: list[str] = (),
     samples: int | None = None,
     seed: int = 0,
@@ -77,6 +78,11 @@ def calibrate_bundle(
     if backend not in BACKENDS:
         raise CalibrationError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     defaulted, method = method is None, method or DEFAULT_METHODS[backend]
+    if activations not in ("int8", "uint8"):
+        raise CalibrationError(f"unknown activation type {activations!r}; expected int8 or uint8")
+    if activations == "uint8" and backend != "onnxruntime":
+        raise CalibrationError(f"uint8 activations are an ONNX Runtime option; {backend} quantizes activations as int8"
+                               + (" (TensorRT supports only symmetric int8)" if backend == "tensorrt" else " (NNCF picks the type)"))
     if accuracy_control and backend != "openvino":
         raise CalibrationError("--accuracy-control is NNCF's: it needs --backend openvino")
     if accuracy_control and validation_audio is None:
@@ -84,7 +90,8 @@ def calibrate_bundle(
     bundle = source if isinstance(source, Bundle) else load_bundle(source)
     if bundle.precision != "fp32":
         raise BundleError(f"{bundle.path}: calibration starts from an FP32 bundle; this one is {bundle.precision}")
-    onnx_path = bundle.require("onnx", hint="; export it with `dymn-edge export onnx` first")
+    bundle.require("onnx", hint="; export it with `dymn-edge export onnx` first")
+    onnx_path, strategy = bundle.int8_source(backend)
     data = build_feature_set(audio, config=bundle.frontend, window_s=bundle.window_s, labels=bundle.labels,
                              samples=samples, seed=seed, progress=progress)
     logger.info("calibrating on %d windows from %d files (%d skipped)", len(data), len(data.files), len(data.skipped))
@@ -92,7 +99,8 @@ def calibrate_bundle(
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if backend == "onnxruntime":
-            info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), fallback_to_minmax=defaulted)
+            info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), fallback_to_minmax=defaulted,
+                                activations=activations)
             files = onnx_payload(tmp / "model.onnx", tmp, "model.onnx", "onnx")
         elif backend == "openvino":
             from .nncf_ov import quantize_openvino
@@ -111,8 +119,7 @@ def calibrate_bundle(
 
                     metric = _metric_top5_agreement(run_model(bundle, validation, timed_runs=0).logits)
                 control = (validation, metric, max_drop)
-            model_path = bundle.file("onnx_openvino") or onnx_path
-            info = quantize_openvino(model_path, tmp / "model.xml", data, method=method, keep_fp=list(keep_fp), accuracy_control=control)
+            info = quantize_openvino(onnx_path, tmp / "model.xml", data, method=method, keep_fp=list(keep_fp), accuracy_control=control)
             files = {"model.xml": (tmp / "model.xml", "openvino_xml"), "model.bin": (tmp / "model.bin", "openvino_bin")}
         else:
             from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
@@ -135,10 +142,14 @@ def calibrate_bundle(
             extra["tensorrt"] = {"explicit_qdq": "model.onnx (TensorRT 8.6+/10: build it as it is)",
                                  "implicit": "model.fp32.onnx + calibration.cache (TensorRT 8.5 INT8 calibrator)",
                                  "cache_header": header, "cache_tensors": len(scales)}
-        metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files", "lint", "openvino", "parity")}
+        # The FP32 bundle's per-backend strategy choice does not describe this model: one strategy was quantized.
+        metadata = {k: v for k, v in bundle.manifest.items()
+                    if k not in ("format", "format_version", "files", "lint", "openvino", "parity", "strategy_choice")}
         metadata["precision"] = "int8"
+        if bundle.family == "dymn":
+            metadata["export_strategy"] = strategy
         metadata["quantization"] = {
-            "backend": backend, **info, "windows": len(data), "files": len(data.files), "skipped_files": [p for p, _ in data.skipped],
+            "backend": backend, **info, "export_strategy": strategy, "windows": len(data), "files": len(data.files), "skipped_files": [p for p, _ in data.skipped],
             "audio": str(audio), "seed": seed, "keep_fp": list(keep_fp), "source_bundle": bundle.name,
             "producer": f"dymn-edge {__version__}", **extra,
         }

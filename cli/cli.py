@@ -197,6 +197,7 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
         for backend, by_strategy in choice["timings_ms"].items():
             timings = ", ".join(f"{s} {ms:.1f} ms" for s, ms in sorted(by_strategy.items(), key=lambda kv: kv[1]))
             click.echo(f"  auto: {backend} -> {choice['chosen'][backend]} ({timings}; {choice['threads']} thread)")
+        click.echo(f"  auto: INT8 calibration -> {choice['int8']['strategy']} ({choice['int8']['file']}; it quantizes best, docs/calibration.md)")
     verdicts = ", ".join(f"{t} {'pass' if v['passed'] else 'FAIL'}" for t, v in bundle.manifest.get("lint", {}).items())
     click.echo(f"  lint: {verdicts}")
 
@@ -356,6 +357,8 @@ def _steady(summary: dict) -> str:
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="Activation ranges. Default: percentile for onnxruntime and tensorrt, minmax for openvino (the most accurate on real audio).")
+@click.option("--activations", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
+              help="onnxruntime: activation type. uint8 (U8S8) runs faster on x86 CPUs but agrees less with FP32 (docs/calibration.md).")
 @click.option("--keep-fp", multiple=True, metavar="PATTERN",
               help="Keep matching nodes in floating point: attention, context, stem, classifier, or a glob on node names/types. Repeatable.")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Windows to calibrate on (class-balanced when labels are known).")
@@ -367,7 +370,7 @@ def _steady(summary: dict) -> str:
 @click.option("--tensorrt-version", default="8.5.2", show_default=True, help="TensorRT version the calibration cache header names.")
 @click.option("--sensitivity", is_flag=True, help="Rank the model's parts by the damage INT8 does to each alone, print the table, write nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-def calibrate(bundle, audio, out, backend, method, keep_fp, samples, seed, accuracy_control, validation_audio, max_drop,
+def calibrate(bundle, audio, out, backend, method, activations, keep_fp, samples, seed, accuracy_control, validation_audio, max_drop,
               tensorrt_version, sensitivity, force):
     """Quantize an FP32 bundle to INT8 for a backend, calibrated on real audio through the runtime's frontend."""
     from dymn_edge.calibration.calibrate import calibrate_bundle
@@ -380,11 +383,11 @@ def calibrate(bundle, audio, out, backend, method, keep_fp, samples, seed, accur
         return
     if out is None:
         raise click.UsageError("--out is required (unless --sensitivity)")
-    result = calibrate_bundle(bundle, audio, out, backend=backend, method=method, keep_fp=list(keep_fp), samples=samples, seed=seed,
+    result = calibrate_bundle(bundle, audio, out, backend=backend, method=method, activations=activations, keep_fp=list(keep_fp), samples=samples, seed=seed,
                               accuracy_control=accuracy_control, validation_audio=validation_audio, max_drop=max_drop,
                               tensorrt_version=tensorrt_version, overwrite=force)
     q = result.manifest["quantization"]
-    click.echo(f"{result.path}: INT8 for {backend} ({q['method']}), {q['windows']} windows from {q['files']} files"
+    click.echo(f"{result.path}: INT8 for {backend} ({q['method']}{', uint8 activations' if activations == 'uint8' else ''}), {q['windows']} windows from {q['files']} files"
                + (f", {len(q['skipped_files'])} skipped" if q["skipped_files"] else ""))
     for name, verdict in result.manifest.get("lint", {}).items():
         if not verdict["passed"]:

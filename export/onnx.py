@@ -28,7 +28,7 @@ from dymn_edge.runtime.registry import demo_clip_path
 from dymn_edge.runtime.tagging import MAX_SINGLE_PASS_S
 from dymn_edge.train.checkpoint import LoadedModel, load_checkpoint
 
-from .strategies import STRATEGIES, prepare_for_export
+from .strategies import INT8_PREFERENCE, STRATEGIES, prepare_for_export
 
 __all__ = ["DEFAULT_OPSET", "PARITY_ATOL", "export_bundle", "export_onnx", "probe_features"]
 
@@ -255,6 +255,8 @@ def export_bundle(
         files = onnx_payload(exported[strategy], stage, "model.onnx", "onnx")
         if choice and choice["chosen"].get("openvino", strategy) != strategy:
             files.update(onnx_payload(exported[choice["chosen"]["openvino"]], stage, "model.openvino.onnx", "onnx_openvino"))
+        if choice:
+            choice["int8"] = _int8_choice(exported, choice, files, stage)
         if include_checkpoint:
             files["model.pt"] = (loaded.path, "checkpoint")
         batch_dim: int | str = "batch" if batch is None else batch
@@ -323,3 +325,16 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
     return {"method": "fastest median latency of the parity-checked strategies, measured at export",
             "threads": threads, "input_shape": list(features.shape), "timings_ms": timings, "chosen": chosen,
             "rejected": failures, "machine": machine_info()}
+
+
+def _int8_choice(exported: dict[str, Path], choice: dict[str, Any], files: dict, stage: Path) -> dict[str, Any]:
+    """The strategy INT8 calibration starts from (``strategies.INT8_PREFERENCE``), added to the bundle when no FP32 model already has it."""
+    strategy = next(s for s in INT8_PREFERENCE if s in exported)
+    by_strategy = {choice["chosen"]["onnxruntime"]: "model.onnx", choice["chosen"].get("openvino"): "model.openvino.onnx"}
+    name = by_strategy.get(strategy)
+    if name is None:
+        name = "model.int8.onnx"
+        files.update(onnx_payload(exported[strategy], stage, name, "onnx_int8"))
+    return {"strategy": strategy, "file": name, "method": "best INT8 agreement with FP32 measured per strategy and backend "
+            "(benchmarks/int8_strategies.py, docs/benchmarks.md), the faster where they tie"}
+

@@ -12,6 +12,7 @@ Layout::
       model.onnx        role "onnx"
       model.onnx.data   role "onnx_data" (the weights as ONNX external data; bundles before 0.1 inline them)
       model.openvino.onnx  role "onnx_openvino" (+ ".data"; optional: --strategy auto chose another strategy for OpenVINO)
+      model.int8.onnx   role "onnx_int8" (+ ".data"; optional: the strategy INT8 calibration starts from, when no FP32 model above has it)
       model.fp32.onnx   role "onnx_fp32" (+ ".data"; TensorRT INT8 bundles: the FP32 graph its calibration.cache describes)
       model.pt          role "checkpoint" (optional: lets the torch backend run the same bundle)
       labels.csv        role "labels"
@@ -53,7 +54,7 @@ FORMAT_NAME = "dymn-edge-bundle"
 FORMAT_VERSION = 1
 # What a payload file is for; a bundle holds at most one file per role.
 ROLES = (
-    "onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "onnx_fp32", "onnx_fp32_data", "checkpoint", "labels",
+    "onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "onnx_int8", "onnx_int8_data", "onnx_fp32", "onnx_fp32_data", "checkpoint", "labels",
     "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache",
 )
 MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine")
@@ -109,6 +110,18 @@ class Bundle:
     def strategy_for(self, backend: str) -> str:
         """The export strategy of the model ``backend`` runs (``--strategy auto`` may pick one per backend)."""
         return self.manifest.get("strategy_choice", {}).get("chosen", {}).get(backend, self.export_strategy)
+
+    def int8_source(self, backend: str) -> tuple[Path, str]:
+        """(ONNX file, strategy) that INT8 calibration for ``backend`` quantizes.
+
+        ``--strategy auto`` records the strategy that quantizes best; otherwise it is the model
+        ``backend`` runs in FP32.
+        """
+        int8 = self.manifest.get("strategy_choice", {}).get("int8")
+        if int8:
+            return self.path / int8["file"], int8["strategy"]
+        own = self.file("onnx_openvino") if backend == "openvino" else None
+        return own or self.require("onnx"), self.strategy_for(backend)
 
     @property
     def window_s(self) -> float:

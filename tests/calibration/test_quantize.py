@@ -79,9 +79,14 @@ def test_default_percentile_calibration_beats_minmax_for_onnxruntime(shared, int
     assert agreement["percentile"] >= agreement["minmax"] + 0.015, agreement
 
 
-def test_keep_fp_leaves_the_named_parts_in_float(shared, int8_dir):
-    out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "keep", samples=16,
-                           keep_fp=["stem", "classifier"], progress=False)
+@pytest.fixture(scope="module")
+def keep_stem_and_classifier(shared, int8_dir):
+    return calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "keep", samples=16,
+                            keep_fp=["stem", "classifier"], progress=False)
+
+
+def test_keep_fp_leaves_the_named_parts_in_float(shared, int8_dir, keep_stem_and_classifier):
+    out = keep_stem_and_classifier
     model = onnx.load(str(out.require("onnx")))
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
 
@@ -99,7 +104,25 @@ def test_keep_fp_leaves_the_named_parts_in_float(shared, int8_dir):
                          progress=False)
 
 
-def test_bad_requests(shared, int8_dir, tmp_path):
+def test_uint8_activations_for_onnxruntime(shared, int8_dir, esc50_validation, reference):
+    """U8S8: activations quantize to uint8 (ONNX Runtime's faster x86 kernels), weights stay int8 per channel."""
+    out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "u8s8", activations="uint8", samples=32, progress=False)
+    assert out.manifest["quantization"]["activations"] == "uint8"
+    model = onnx.load(str(out.require("onnx")))
+    inits = {t.name: t for t in model.graph.initializer}
+    zero_point_types = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) == 3:
+            zero_point_types.setdefault(inits[node.input[2]].data_type, 0)
+            zero_point_types[inits[node.input[2]].data_type] += 1
+    assert set(zero_point_types) == {TensorProto.UINT8}, zero_point_types  # every activation Q is uint8
+    weights = [t for t in model.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
+    assert len(weights) > 30
+    fid = fidelity(reference, run_model(out, esc50_validation, timed_runs=0))
+    assert 0.7 <= fid["top5_agreement"] < 1.0, fid
+
+
+def test_bad_requests(shared, keep_stem_and_classifier, tmp_path):
     pool = shared / "data" / "pool"
     with pytest.raises(CalibrationError, match="unknown backend 'tflite'"):
         calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="tflite")
@@ -108,7 +131,13 @@ def test_bad_requests(shared, int8_dir, tmp_path):
     with pytest.raises(CalibrationError, match="--accuracy-control needs --validation-audio"):
         calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="openvino", accuracy_control=True)
     with pytest.raises(BundleError, match="calibration starts from an FP32 bundle; this one is int8"):
-        calibrate_bundle(load_bundle(int8_dir / "keep"), pool, tmp_path / "x")
+        calibrate_bundle(load_bundle(keep_stem_and_classifier.path), pool, tmp_path / "x")
+    with pytest.raises(CalibrationError, match="uint8 activations are an ONNX Runtime option; tensorrt .*symmetric int8"):
+        calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="tensorrt", activations="uint8")
+    with pytest.raises(CalibrationError, match="uint8 activations are an ONNX Runtime option; openvino"):
+        calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="openvino", activations="uint8")
+    with pytest.raises(CalibrationError, match="unknown activation type 'fp8'"):
+        calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", activations="fp8")
     with pytest.raises(CalibrationError, match="calibration method 'entropy' is not available for OpenVINO"):
         calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="openvino", method="entropy", samples=16, progress=False)
 

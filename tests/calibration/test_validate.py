@@ -113,3 +113,15 @@ def test_sensitivity_ranks_the_parts(shared, tmp_path):
     assert "most harmful first" in proc.stdout
     for part in ("features.0", "features.16", "classifier"):
         assert part in proc.stdout
+
+
+def test_calibrate_cli_activation_type(shared, tmp_path):
+    """--activations uint8 is ONNX Runtime's; other backends refuse it before any work, naming why."""
+    proc = _cli("calibrate", embedded_bundle_path(), "--audio", shared / "data" / "pool", "--out", tmp_path / "x", "--backend", "tensorrt",
+                "--activations", "uint8", cwd=tmp_path)
+    assert proc.returncode != 0 and "uint8 activations are an ONNX Runtime option; tensorrt" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists()
+    proc = _cli("calibrate", embedded_bundle_path(), "--audio", shared / "data" / "pool", "--out", tmp_path / "u8", "--activations", "uint8",
+                "--samples", "16", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "uint8 activations" in proc.stdout and load_bundle(tmp_path / "u8").manifest["quantization"]["activations"] == "uint8"

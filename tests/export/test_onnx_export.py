@@ -113,11 +113,44 @@ def test_auto_strategy_measures_every_backend_and_records_the_choice(fixtures_di
     # OpenVINO runs its own choice when it differs; both run the fixture to parity.
     has_own = choice["chosen"].get("openvino", bundle.export_strategy) != bundle.export_strategy
     assert (bundle.file("onnx_openvino") is not None) == has_own
+    # INT8 starts from the strategy that quantizes best (grouped, available at batch 1), stored once.
+    int8 = choice["int8"]
+    assert int8["strategy"] == "grouped"
+    stored = {bundle.export_strategy: "model.onnx", choice["chosen"].get("openvino"): "model.openvino.onnx"}
+    assert int8["file"] == stored.get("grouped", "model.int8.onnx")
+    assert (bundle.file("onnx_int8") is not None) == ("grouped" not in stored)
+    for backend in ("onnxruntime", "openvino", "tensorrt"):
+        assert bundle.int8_source(backend) == (bundle.path / int8["file"], "grouped")
     with torch.no_grad():
         expected = load_checkpoint(weights).model(torch.from_numpy(probe[2:3]))[0].numpy()
     for backend in backends:
         tagger = Tagger.from_bundle(bundle, backend, threads=1)
         assert np.abs(tagger.backend.infer(probe[2:3]) - expected).max() < 1e-4
+
+
+def test_calibration_quantizes_the_strategy_auto_chose_for_int8(fixtures_dir, shared, tmp_path, monkeypatch):
+    """Force an INT8 choice no FP32 model has (expanded is never the fastest): the bundle carries it
+    as model.int8.onnx and calibration quantizes that graph (expanded's attention-weighted ReduceSum)."""
+    import onnx
+
+    from dymn_edge.calibration.calibrate import calibrate_bundle
+    from dymn_edge.export import onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "INT8_PREFERENCE", ("expanded",))
+    weights = fixtures_dir / "dymn04_reference_weights.pt"
+    probe = np.load(fixtures_dir / "dymn04_reference.npz")["input"]
+    bundle = export_bundle(weights, tmp_path / "auto", include_checkpoint=False, probe=probe, strategy="auto")
+    assert "expanded" not in set(bundle.manifest["strategy_choice"]["chosen"].values())
+    assert bundle.manifest["strategy_choice"]["int8"]["file"] == "model.int8.onnx" and bundle.file("onnx_int8").exists()
+
+    def reduce_sums(path):
+        return sum(n.op_type == "ReduceSum" for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+    assert reduce_sums(bundle.require("onnx")) == 0 and reduce_sums(bundle.file("onnx_int8")) > 0
+    out = calibrate_bundle(bundle, shared / "data" / "pool", tmp_path / "int8", samples=16, progress=False)
+    assert reduce_sums(out.require("onnx")) == reduce_sums(bundle.file("onnx_int8"))
+    assert out.export_strategy == "expanded" and out.manifest["quantization"]["export_strategy"] == "expanded"
+    assert "strategy_choice" not in out.manifest  # the FP32 per-backend choice does not describe the INT8 model
 
 
 def test_an_opset_the_model_cannot_be_expressed_in(fixtures_dir, tmp_path):

@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("DYMN_EDGE_SHARED", REPO.parent / "shared")))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "int8.json")
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the latency table (keeps the latency rows of an existing --json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     pool, esc50 = args.shared / "data" / "pool", args.shared / "data" / "esc50" / "labels.csv"
@@ -75,7 +76,7 @@ def main() -> None:
             model.set_temperature(1.0)
             save_checkpoint(model, work / f"{name}_init.pt")
             models[name] = (work / f"{name}_init.pt", ["grouped", "matmul", "expanded"])
-        for name, (checkpoint, strategies) in models.items():
+        for name, (checkpoint, strategies) in ({} if args.accuracy_only else models).items():
             loaded = load_checkpoint(checkpoint)
             for strategy in strategies:
                 fp32 = export_bundle(loaded, work / f"{name}-{strategy}", name=name, strategy="grouped" if strategy == "static" else strategy,
@@ -93,21 +94,21 @@ def main() -> None:
         # Accuracy of the two trained models on all 300 ESC-50 clips, calibrated on pool audio
         # (disjoint): every backend with its default estimator, the other estimators, and the stem in float.
         data = build_feature_set(esc50, window_s=10.0, labels=load_bundle(REPO / "runtime" / "assets" / "models" / "mn04_as").labels, progress=False)
-        variants = [("onnxruntime", None, ()), ("onnxruntime", "minmax", ()), ("onnxruntime", None, ("stem",)),
-                    ("openvino", None, ()), ("openvino", "percentile", ()), ("openvino", None, ("stem",)),
-                    ("tensorrt", None, ()), ("tensorrt", "minmax", ())]
+        variants = [("onnxruntime", None, (), "int8"), ("onnxruntime", "minmax", (), "int8"), ("onnxruntime", None, ("stem",), "int8"),
+                    ("onnxruntime", None, (), "uint8"), ("openvino", None, (), "int8"), ("openvino", "percentile", (), "int8"),
+                    ("openvino", None, ("stem",), "int8"), ("tensorrt", None, (), "int8"), ("tensorrt", "minmax", (), "int8")]
         for name in ("mn04_as", "dymn04_edge"):
             fp32 = REPO / "runtime" / "assets" / "models" / name
             ref = run_model(fp32, data, timed_runs=0)
             accuracy[name] = {"fp32": labelled_metrics(ref.scores, data.targets)}
-            for backend, method, keep in variants:
-                out = calibrate_bundle(fp32, pool, work / f"acc-{name}-{backend}-{method}-{'-'.join(keep)}", backend=backend, method=method,
-                                       keep_fp=list(keep), samples=64, progress=False)
+            for backend, method, keep, activations in variants:
+                out = calibrate_bundle(fp32, pool, work / f"acc-{name}-{backend}-{method}-{'-'.join(keep)}-{activations}", backend=backend,
+                                       method=method, activations=activations, keep_fp=list(keep), samples=64, progress=False)
                 run = run_model(out, data, backend="onnxruntime" if backend == "tensorrt" else backend, timed_runs=0)
                 fid = fidelity(ref, run)
                 q = out.manifest["quantization"]
                 key = (f"int8-{backend}-{q['method']}" + (f"-fallback-from-{q['fallback_from']}" if q.get("fallback_from") else "")
-                       + ("-default" if method is None else "") + "".join(f"-keep-{k}" for k in keep))
+                       + ("-default" if method is None else "") + "".join(f"-keep-{k}" for k in keep) + ("-u8s8" if activations == "uint8" else ""))
                 accuracy[name][key] = {**labelled_metrics(run.scores, data.targets), "top5_agreement": fid["top5_agreement"],
                                        "top1_agreement": fid["top1_agreement"]}
                 print(f"{name:12s} {key:40s} top-5 agreement {fid['top5_agreement']:.3f}  top-5 hit {accuracy[name][key]['top5_hit']:.3f} "
@@ -135,6 +136,8 @@ def main() -> None:
         print(name, json.dumps({k: {m: round(v, 4) for m, v in d.items() if isinstance(v, float)} for k, d in acc.items()}))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     clean = {name: {k: {m: v for m, v in d.items() if m != "per_class_ap"} for k, d in acc.items()} for name, acc in accuracy.items()}
+    if args.accuracy_only and args.json.exists():
+        rows = json.loads(args.json.read_text())["latency"]
     args.json.write_text(json.dumps({"machine": machine_info(), "latency": rows, "accuracy": clean}, indent=2) + "\n")
 
 

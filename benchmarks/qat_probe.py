@@ -7,7 +7,9 @@ percentiles of 32 windows); BN statistics stay frozen. The functional residual a
 are not simulated. The result is exported, calibrated with each backend's defaults (64 pool windows)
 and compared on the 300 ESC-50 clips with the original FP32 model. About 8 minutes on 2 cores.
 
-    python benchmarks/qat_probe.py [EPOCHS=3] [LR=2e-5]
+    python benchmarks/qat_probe.py [EPOCHS=3] [LR=2e-5] [PARAMS=all|affine] [BACKENDS=onnxruntime,onnxruntime+stem,openvino,tensorrt]
+
+PARAMS=affine trains only BatchNorm scales/shifts and biases (fewer parameters, less drift).
 """
 import copy, logging, os, sys, time, tempfile, numpy as np, torch, torch.nn as nn
 from pathlib import Path
@@ -25,6 +27,8 @@ from dymn_edge.train import save_checkpoint
 from dymn_edge.train.checkpoint import load_checkpoint
 EPOCHS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 LR = float(sys.argv[2]) if len(sys.argv) > 2 else 2e-5
+PARAMS = sys.argv[3] if len(sys.argv) > 3 else "all"
+BACKENDS = (sys.argv[4] if len(sys.argv) > 4 else "onnxruntime,onnxruntime+stem,openvino,tensorrt").split(",")
 emb = load_bundle("runtime/assets/models/mn04_as")
 loaded = load_checkpoint(str(SHARED) + "/weights/mn04_as_mAP_432.pt")
 student = loaded.model.eval()
@@ -73,6 +77,10 @@ for n, m in student.named_modules():
         qhooks.append(m.register_forward_pre_hook(fq_weight_hook))
 params = [m._orig_weight for m in student.modules() if hasattr(m, "_orig_weight")] + [p for n, p in student.named_parameters()]
 params = list({id(p): p for p in params}.values())
+if PARAMS == "affine":
+    params = [p for n, p in student.named_parameters() if n.endswith("bias") or ".bn" in n or isinstance(
+        student.get_submodule(n.rsplit(".", 1)[0]), nn.BatchNorm2d)]
+    print("training", sum(p.numel() for p in params), "affine parameters", flush=True)
 opt = torch.optim.Adam(params, lr=LR)
 def err():
     with torch.no_grad():
@@ -101,7 +109,7 @@ esc = build_feature_set(str(SHARED) + "/data/esc50/labels.csv", window_s=10.0, l
 ref = run_model(emb, esc, timed_runs=0)
 qfp = run_model(fp, esc, timed_runs=0)
 print("QAT FP32 vs original FP32:", round(fidelity(ref, qfp)["top5_agreement"], 3), labelled_metrics(qfp.scores, esc.targets)["top5_hit"], labelled_metrics(qfp.scores, esc.targets)["map"], flush=True)
-for b, keep in (("onnxruntime", []), ("onnxruntime", ["stem"]), ("openvino", []), ("tensorrt", [])):
+for b, keep in [(b.split("+")[0], b.split("+")[1:]) for b in BACKENDS]:
     out = calibrate_bundle(fp, str(SHARED) + "/data/pool", work / f"i8-{b}-{len(keep)}", backend=b, keep_fp=keep, samples=64, progress=False)
     run = run_model(out, esc, backend="onnxruntime" if b == "tensorrt" else b, timed_runs=0)
     m = labelled_metrics(run.scores, esc.targets)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge import __version__
-from dymn_edge.runtime.bundle import Bundle, load_bundle, onnx_payload, write_bundle
+from dymn_edge.runtime.bundle import INT8_PREFERENCE, Bundle, load_bundle, onnx_payload, write_bundle
 from dymn_edge.runtime.errors import BundleError, CalibrationError
 
 from .dataset import FeatureSet, build_feature_set
@@ -92,6 +92,10 @@ def calibrate_bundle(
         raise BundleError(f"{bundle.path}: calibration starts from an FP32 bundle; this one is {bundle.precision}")
     bundle.require("onnx", hint="; export it with `dymn-edge export onnx` first")
     onnx_path, strategy = bundle.int8_source(backend)
+    if bundle.family == "dymn" and strategy != INT8_PREFERENCE[0]:
+        logger.warning("%s was exported with the %s strategy, which quantizes less accurately than %s (docs/calibration.md); "
+                       "export it with --strategy %s (fixed batch) or auto for a better INT8 model", bundle.path, strategy,
+                       INT8_PREFERENCE[0], INT8_PREFERENCE[0])
     data = build_feature_set(audio, config=bundle.frontend, window_s=bundle.window_s, labels=bundle.labels,
                              samples=samples, seed=seed, progress=progress)
     logger.info("calibrating on %d windows from %d files (%d skipped)", len(data), len(data.files), len(data.skipped))

@@ -20,7 +20,7 @@ from torch import nn
 
 from dymn_edge import __version__
 from dymn_edge.runtime.audio import load_audio
-from dymn_edge.runtime.bundle import Bundle, onnx_payload, write_bundle
+from dymn_edge.runtime.bundle import INT8_PREFERENCE, Bundle, onnx_payload, write_bundle
 from dymn_edge.runtime.errors import ExportError
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel, n_frames
 from dymn_edge.runtime.labels import LabelSet, audioset_labels
@@ -28,7 +28,7 @@ from dymn_edge.runtime.registry import demo_clip_path
 from dymn_edge.runtime.tagging import MAX_SINGLE_PASS_S
 from dymn_edge.train.checkpoint import LoadedModel, load_checkpoint
 
-from .strategies import INT8_PREFERENCE, STRATEGIES, prepare_for_export
+from .strategies import STRATEGIES, prepare_for_export
 
 __all__ = ["DEFAULT_OPSET", "PARITY_ATOL", "export_bundle", "export_onnx", "probe_features"]
 
@@ -328,7 +328,7 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
 
 
 def _int8_choice(exported: dict[str, Path], choice: dict[str, Any], files: dict, stage: Path) -> dict[str, Any]:
-    """The strategy INT8 calibration starts from (``strategies.INT8_PREFERENCE``), added to the bundle when no FP32 model already has it."""
+    """The strategy INT8 calibration starts from (``runtime.bundle.INT8_PREFERENCE``), added to the bundle when no FP32 model already has it."""
     strategy = next(s for s in INT8_PREFERENCE if s in exported)
     by_strategy = {choice["chosen"]["onnxruntime"]: "model.onnx", choice["chosen"].get("openvino"): "model.openvino.onnx"}
     name = by_strategy.get(strategy)

@@ -38,21 +38,11 @@ from dymn_edge.runtime.errors import ExportError
 from ..train.layers import DynamicConv, DynamicWrapper, DyReLUB
 from ..train.models.dymn import DyMN, DynamicBlock
 
-__all__ = ["INT8_PREFERENCE", "STRATEGIES", "ExportBlock", "prepare_for_export"]
+__all__ = ["STRATEGIES", "ExportBlock", "prepare_for_export"]
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("grouped", "matmul", "expanded")
-
-# The strategy INT8 calibration starts from under ``--strategy auto``, first available wins, for
-# every backend. Measured on the trained dymn04_edge (benchmarks/int8_strategies.py: each strategy x
-# backend calibrated on 64 pool windows, top-5 agreement with its own FP32 on 300 ESC-50 clips;
-# grouped and matmul on ONNX Runtime and OpenVINO over calibration seeds 0-2, the rest seed 0):
-# grouped is best or tied everywhere and the fastest INT8. ONNX Runtime grouped 0.741 (mean of 3
-# seeds) against matmul 0.666; OpenVINO grouped 0.766, matmul 0.773 (a tie); TensorRT Q/DQ grouped
-# 0.869, matmul 0.867. expanded quantizes its constant K-kernel banks:
-# ONNX Runtime 0.763 at 6x grouped's INT8 latency, TensorRT 0.575, and OpenVINO collapses (0.002).
-INT8_PREFERENCE = ("grouped", "matmul", "expanded")
 
 
 def _const(t: torch.Tensor) -> nn.Parameter:

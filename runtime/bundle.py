@@ -57,6 +57,19 @@ ROLES = (
     "onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "onnx_int8", "onnx_int8_data", "onnx_fp32", "onnx_fp32_data", "checkpoint", "labels",
     "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache",
 )
+
+# DyMN export strategies by how well they quantize, best first, for every backend: ``--strategy
+# auto`` hands INT8 calibration the first one it exported, and calibration warns about the others.
+# It lives here, not in export, so that calibration (no torch) can read it. Measured on the trained
+# dymn04_edge (benchmarks/int8_strategies.py: each strategy x backend calibrated on 64 pool windows,
+# top-5 agreement with its own FP32 on 300 ESC-50 clips; grouped and matmul on ONNX Runtime and
+# OpenVINO over calibration seeds 0-2, the rest seed 0). grouped is best or tied everywhere and the
+# fastest INT8: ONNX Runtime grouped 0.741 (mean of 3 seeds) against matmul 0.666; OpenVINO grouped
+# 0.766, matmul 0.773 (a tie); TensorRT Q/DQ grouped 0.869, matmul 0.867. expanded quantizes its
+# constant K-kernel banks: ONNX Runtime 0.763 at 6x grouped's INT8 latency, TensorRT 0.575, and
+# OpenVINO collapses (0.002).
+INT8_PREFERENCE = ("grouped", "matmul", "expanded")
+
 MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine")
 PRECISIONS = ("fp32", "fp16", "int8")
 

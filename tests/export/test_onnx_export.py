@@ -128,9 +128,10 @@ def test_auto_strategy_measures_every_backend_and_records_the_choice(fixtures_di
         assert np.abs(tagger.backend.infer(probe[2:3]) - expected).max() < 1e-4
 
 
-def test_calibration_quantizes_the_strategy_auto_chose_for_int8(fixtures_dir, shared, tmp_path, monkeypatch):
+def test_calibration_quantizes_the_strategy_auto_chose_for_int8(fixtures_dir, shared, tmp_path, monkeypatch, caplog):
     """Force an INT8 choice no FP32 model has (expanded is never the fastest): the bundle carries it
-    as model.int8.onnx and calibration quantizes that graph (expanded's attention-weighted ReduceSum)."""
+    as model.int8.onnx and calibration quantizes that graph (expanded's attention-weighted ReduceSum).
+    Calibration, which reads the real preference, warns that expanded quantizes worse than grouped."""
     import onnx
 
     from dymn_edge.calibration.calibrate import calibrate_bundle
@@ -147,7 +148,9 @@ def test_calibration_quantizes_the_strategy_auto_chose_for_int8(fixtures_dir, sh
         return sum(n.op_type == "ReduceSum" for n in onnx.load(str(path), load_external_data=False).graph.node)
 
     assert reduce_sums(bundle.require("onnx")) == 0 and reduce_sums(bundle.file("onnx_int8")) > 0
-    out = calibrate_bundle(bundle, shared / "data" / "pool", tmp_path / "int8", samples=16, progress=False)
+    with caplog.at_level("WARNING", logger="dymn_edge.calibration.calibrate"):
+        out = calibrate_bundle(bundle, shared / "data" / "pool", tmp_path / "int8", samples=16, progress=False)
+    assert "exported with the expanded strategy, which quantizes less accurately than grouped" in caplog.text
     assert reduce_sums(out.require("onnx")) == reduce_sums(bundle.file("onnx_int8"))
     assert out.export_strategy == "expanded" and out.manifest["quantization"]["export_strategy"] == "expanded"
     assert "strategy_choice" not in out.manifest  # the FP32 per-backend choice does not describe the INT8 model

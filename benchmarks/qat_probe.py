@@ -10,6 +10,9 @@ and compared on the 300 ESC-50 clips with the original FP32 model. About 8 minut
     python benchmarks/qat_probe.py [EPOCHS=3] [LR=2e-5] [PARAMS=all|affine] [BACKENDS=onnxruntime,onnxruntime+stem,openvino,tensorrt]
 
 PARAMS=affine trains only BatchNorm scales/shifts and biases (fewer parameters, less drift).
+A fifth argument, AUG=mixup, feeds every batch mixed with a shuffled copy of itself (log-mel mixup,
+lambda ~ Beta(0.3, 0.3)) and rolled in time, with the FP32 teacher run on the mixed input, so
+the 486 windows yield new inputs every epoch.
 """
 import copy, logging, os, sys, time, tempfile, numpy as np, torch, torch.nn as nn
 from pathlib import Path
@@ -29,6 +32,7 @@ EPOCHS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 LR = float(sys.argv[2]) if len(sys.argv) > 2 else 2e-5
 PARAMS = sys.argv[3] if len(sys.argv) > 3 else "all"
 BACKENDS = (sys.argv[4] if len(sys.argv) > 4 else "onnxruntime,onnxruntime+stem,openvino,tensorrt").split(",")
+AUG = sys.argv[5] if len(sys.argv) > 5 else "none"
 emb = load_bundle("runtime/assets/models/mn04_as")
 loaded = load_checkpoint(str(SHARED) + "/weights/mn04_as_mAP_432.pt")
 student = loaded.model.eval()
@@ -94,10 +98,24 @@ for ep in range(EPOCHS):
     t0 = time.time(); perm = torch.randperm(len(X), generator=g); tot = 0
     for i in range(0, len(X), 16):
         idx = perm[i:i+16]
-        s = student(X[idx])[0]
-        loss = ((s - T[idx]) ** 2).mean()
+        x, t = X[idx], T[idx]
+        if AUG == "mixup":
+            lam = torch.distributions.Beta(0.3, 0.3).sample((len(idx), 1, 1, 1))
+            x = lam * x + (1 - lam) * x[torch.randperm(len(idx), generator=g)]
+            x = torch.roll(x, int(torch.randint(0, x.shape[-1], (1,), generator=g)), dims=-1)
+            with torch.no_grad():
+                t = teacher(x)[0]
+        s = student(x)[0]
+        loss = ((s - t) ** 2).mean()
         opt.zero_grad(); loss.backward(); opt.step(); tot += float(loss) * len(idx)
     print(f"epoch {ep} loss {tot/len(X):.4f} {time.time()-t0:.0f}s  fq eval {err()}", flush=True)
+# The simulation itself on the held-out clips: how far does it predict what the backend's INT8 will do?
+from dymn_edge.runtime.metrics import top5_overlap
+esc = build_feature_set(str(SHARED) + "/data/esc50/labels.csv", window_s=10.0, labels=emb.labels, progress=False)
+with torch.no_grad():
+    sim = np.concatenate([student(torch.from_numpy(f))[0].numpy() for f in esc.features])
+    orig = np.concatenate([teacher(torch.from_numpy(f))[0].numpy() for f in esc.features])
+print(f"simulated INT8 vs original FP32 on ESC-50: top-5 agreement {top5_overlap(orig, sim).mean():.3f}", flush=True)
 for h in qhooks: h.remove()
 for m in student.modules():
     if hasattr(m, "_orig_weight"):
@@ -105,7 +123,6 @@ for m in student.modules():
 work = Path(tempfile.mkdtemp())
 save_checkpoint(student, work / "qat.pt")
 fp = export_bundle(load_checkpoint(work / "qat.pt"), work / "qat", name="mn04_as_qat", include_checkpoint=False, labels=emb.labels)
-esc = build_feature_set(str(SHARED) + "/data/esc50/labels.csv", window_s=10.0, labels=emb.labels, progress=False)
 ref = run_model(emb, esc, timed_runs=0)
 qfp = run_model(fp, esc, timed_runs=0)
 print("QAT FP32 vs original FP32:", round(fidelity(ref, qfp)["top5_agreement"], 3), labelled_metrics(qfp.scores, esc.targets)["top5_hit"], labelled_metrics(qfp.scores, esc.targets)["map"], flush=True)

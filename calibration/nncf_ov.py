@@ -20,7 +20,7 @@ import numpy as np
 from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
 
 from .dataset import FeatureSet
-from .ort_qdq import keep_fp_globs, kernel_aggregations
+from .ort_qdq import keep_fp_globs, kernel_aggregations, nodes_matching
 
 __all__ = ["quantize_openvino"]
 
@@ -71,9 +71,18 @@ def quantize_openvino(
 
     calibration = nncf.Dataset(data.features, feed)
     globs = keep_fp_globs(list(keep_fp))
-    # DyMN's kernel aggregations stay in float for NNCF too (see ort_qdq.kernel_aggregations).
-    aggregations = kernel_aggregations(model_path) if Path(model_path).suffix == ".onnx" else []
-    patterns = [fnmatch.translate(g) for g in globs] + ["^" + re.escape(name) + "(/.*)?$" for name in aggregations]
+    if Path(model_path).suffix == ".onnx":
+        # Resolve --keep-fp on the ONNX graph, names and op types alike, as ONNX Runtime's path does:
+        # NNCF's ignored scope sees only OpenVINO's names, so a type glob such as "Add" matched nothing.
+        kept = nodes_matching(Path(model_path), list(keep_fp)) if keep_fp else []
+        if keep_fp and not kept:
+            raise CalibrationError(f"--keep-fp {' '.join(keep_fp)} matches no node of {model_path}")
+        # DyMN's kernel aggregations stay in float for NNCF too (see ort_qdq.kernel_aggregations).
+        names = kept + [n for n in kernel_aggregations(model_path) if n not in kept]
+        patterns = ["^" + re.escape(name) + "(/.*)?$" for name in names]
+        excluded = len(names)
+    else:
+        patterns, excluded = [fnmatch.translate(g) for g in globs], None
     ignored = nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None
     advanced = AdvancedQuantizationParameters(activations_range_estimator_params=_range_estimator(nncf, method))
     common = {"preset": nncf.QuantizationPreset.MIXED, "subset_size": len(data), "ignored_scope": ignored}
@@ -96,4 +105,4 @@ def quantize_openvino(
         raise CalibrationError(f"NNCF quantization of {model_path} failed: {e}") from e
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return {"method": method, "tool": f"nncf {nncf.__version__}", "preset": "mixed", "samples": len(data),
-            "ignored_patterns": globs, "accuracy_control": control}
+            "ignored_patterns": globs, "excluded_nodes": excluded, "accuracy_control": control}

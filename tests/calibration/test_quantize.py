@@ -104,6 +104,27 @@ def test_keep_fp_leaves_the_named_parts_in_float(shared, int8_dir, keep_stem_and
                          progress=False)
 
 
+def test_keep_fp_for_openvino_matches_op_types_and_refuses_an_empty_match(shared, tmp_path):
+    """NNCF's ignored scope sees OpenVINO names only, so --keep-fp is resolved on the ONNX graph
+    first: an op-type glob ("Add") keeps every Add in float, and a pattern that matches nothing fails."""
+    pytest.importorskip("nncf", reason='NNCF is not installed (pip install "dymn-edge[calibrate]")')
+    import openvino as ov
+
+    pool = shared / "data" / "pool"
+    source = load_bundle(embedded_bundle_path())
+    adds = sum(n.op_type == "Add" for n in onnx.load(str(source.require("onnx")), load_external_data=False).graph.node)
+
+    def fake_quantizes(bundle):
+        return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(bundle.require("openvino_xml"))).get_ops())
+
+    plain = calibrate_bundle(source, pool, tmp_path / "plain", backend="openvino", samples=16, progress=False)
+    kept = calibrate_bundle(source, pool, tmp_path / "kept", backend="openvino", samples=16, keep_fp=["Add"], progress=False)
+    assert adds > 5 and kept.manifest["quantization"]["excluded_nodes"] == adds
+    assert fake_quantizes(kept) < fake_quantizes(plain)
+    with pytest.raises(CalibrationError, match="--keep-fp nothing_like_this matches no node"):
+        calibrate_bundle(source, pool, tmp_path / "none", backend="openvino", samples=16, keep_fp=["nothing_like_this"], progress=False)
+
+
 def test_uint8_activations_for_onnxruntime(shared, int8_dir, esc50_validation, reference):
     """U8S8: activations quantize to uint8 (ONNX Runtime's faster x86 kernels), weights stay int8 per channel."""
     out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "u8s8", activations="uint8", samples=32, progress=False)

@@ -183,7 +183,8 @@ def sensitivity(source: str | Path | Bundle, calibration: FeatureSet, validation
     from .validate import fidelity, run_model
 
     bundle = source if isinstance(source, Bundle) else load_bundle(source)
-    onnx_path = bundle.require("onnx")
+    bundle.require("onnx")
+    onnx_path, _ = bundle.int8_source("onnxruntime")  # the model calibration would quantize
     model = onnx.load(str(onnx_path), load_external_data=False)
     groups: dict[str, list[str]] = {}
     for node in model.graph.node:

@@ -337,4 +337,3 @@ def _int8_choice(exported: dict[str, Path], choice: dict[str, Any], files: dict,
         files.update(onnx_payload(exported[strategy], stage, name, "onnx_int8"))
     return {"strategy": strategy, "file": name, "method": "best INT8 agreement with FP32 measured per strategy and backend "
             "(benchmarks/int8_strategies.py, docs/benchmarks.md), the faster where they tie"}
-

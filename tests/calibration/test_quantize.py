@@ -125,6 +125,22 @@ def test_keep_fp_for_openvino_matches_op_types_and_refuses_an_empty_match(shared
         calibrate_bundle(source, pool, tmp_path / "none", backend="openvino", samples=16, keep_fp=["nothing_like_this"], progress=False)
 
 
+def test_dymn_batch_norm_scales_are_quantized_per_channel(shared, tmp_path, caplog):
+    """DyMN's BatchNorms after run-time-weight convs stay in the graph; each channel's scale gets its own INT8 scale."""
+    dymn = embedded_bundle_path().parent / "dymn04_edge"
+    with caplog.at_level("WARNING"):
+        out = calibrate_bundle(dymn, shared / "data" / "pool", tmp_path / "dymn", samples=16, progress=False)
+    assert "out-of-range" not in caplog.text
+    model = onnx.load(str(out.require("onnx")))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    norms = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    assert len(norms) > 10
+    for norm in norms:
+        dq = producers[norm.input[1]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[1]].size == inits[dq.input[0]].size > 1, norm.name
+
+
 def test_uint8_activations_for_onnxruntime(shared, int8_dir, esc50_validation, reference):
     """U8S8: activations quantize to uint8 (ONNX Runtime's faster x86 kernels), weights stay int8 per channel."""
     out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "u8s8", activations="uint8", samples=32, progress=False)

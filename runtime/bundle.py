@@ -64,10 +64,10 @@ ROLES = (
 # dymn04_edge (benchmarks/int8_strategies.py: each strategy x backend calibrated on 64 pool windows,
 # top-5 agreement with its own FP32 on 300 ESC-50 clips; grouped and matmul on ONNX Runtime and
 # OpenVINO over calibration seeds 0-2, the rest seed 0). grouped is best or tied everywhere and the
-# fastest INT8: ONNX Runtime grouped 0.741 (mean of 3 seeds) against matmul 0.666; OpenVINO grouped
+# fastest INT8: ONNX Runtime grouped 0.744 (mean of 3 seeds) against matmul 0.663; OpenVINO grouped
 # 0.766, matmul 0.773 (a tie); TensorRT Q/DQ grouped 0.869, matmul 0.867. expanded quantizes its
-# constant K-kernel banks: ONNX Runtime 0.763 at 6x grouped's INT8 latency, TensorRT 0.575, and
-# OpenVINO collapses (0.002).
+# constant K-kernel banks: ONNX Runtime 0.757 (a tie) at 6x grouped's INT8 latency, TensorRT 0.575,
+# and OpenVINO collapses (0.002).
 INT8_PREFERENCE = ("grouped", "matmul", "expanded")
 
 MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine")

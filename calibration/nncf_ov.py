@@ -74,11 +74,14 @@ def quantize_openvino(
     if Path(model_path).suffix == ".onnx":
         # Resolve --keep-fp on the ONNX graph, names and op types alike, as ONNX Runtime's path does:
         # NNCF's ignored scope sees only OpenVINO's names, so a type glob such as "Add" matched nothing.
-        kept = nodes_matching(Path(model_path), list(keep_fp)) if keep_fp else []
+        import onnx
+
+        structure = onnx.load(str(model_path), load_external_data=False)  # read once for both node lists
+        kept = nodes_matching(structure, list(keep_fp)) if keep_fp else []
         if keep_fp and not kept:
             raise CalibrationError(f"--keep-fp {' '.join(keep_fp)} matches no node of {model_path}")
         # DyMN's kernel aggregations stay in float for NNCF too (see ort_qdq.kernel_aggregations).
-        names = kept + [n for n in kernel_aggregations(model_path) if n not in kept]
+        names = kept + [n for n in kernel_aggregations(structure) if n not in kept]
         patterns = ["^" + re.escape(name) + "(/.*)?$" for name in names]
         excluded = len(names)
     else:

@@ -179,13 +179,10 @@ def run_time_weight_nodes(model) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Conv", "MatMul") and n.input[1] not in constants]
 
 
-def nodes_matching(model_path: Path, patterns: list[str]) -> list[str]:
-    """Node names (or types) matching ``--keep-fp`` presets or globs."""
-    import onnx
-
+def nodes_matching(model, patterns: list[str]) -> list[str]:
+    """Node names (or types) matching ``--keep-fp`` presets or globs. ``model``: an ONNX model or its path."""
     globs = keep_fp_globs(patterns)
-    model = onnx.load(str(model_path), load_external_data=False)
-    return [n.name for n in model.graph.node if any(fnmatch.fnmatch(n.name, g) or fnmatch.fnmatch(n.op_type, g) for g in globs)]
+    return [n.name for n in _graph(model).node if any(fnmatch.fnmatch(n.name, g) or fnmatch.fnmatch(n.op_type, g) for g in globs)]
 
 
 def quantize_qdq(
@@ -210,19 +207,21 @@ def quantize_qdq(
     import onnx
 
     q = _ort_quant()
-    _method(method)  # an unknown method fails before any work
+    _method(method)  # bad arguments fail before any work
+    if flavour not in ("onnxruntime", "tensorrt"):
+        raise CalibrationError(f"unknown QDQ flavour {flavour!r}")
+    if activations not in ("int8", "uint8") or (activations == "uint8" and flavour != "onnxruntime"):
+        raise CalibrationError(f"activations {activations!r} are not available for the {flavour} flavour")
     fallback = None
     with tempfile.TemporaryDirectory() as tmp:
         source = _preprocess(Path(fp32_model), Path(tmp))
         input_name, batch = _input(source)
-        excluded = nodes_matching(source, list(keep_fp)) if keep_fp else []
+        structure = onnx.load(str(source), load_external_data=False)  # read once for every node list
+        excluded = nodes_matching(structure, list(keep_fp)) if keep_fp else []
         if keep_fp and not excluded:
             raise CalibrationError(f"--keep-fp {' '.join(keep_fp)} matches no node of {fp32_model}")
-        structure = onnx.load(str(source), load_external_data=False)  # read once for both node lists
         always_fp = kernel_aggregations(structure) + (run_time_weight_nodes(structure) if flavour == "tensorrt" else [])
         excluded += [n for n in always_fp if n not in excluded]
-        if activations not in ("int8", "uint8") or (activations == "uint8" and flavour != "onnxruntime"):
-            raise CalibrationError(f"activations {activations!r} are not available for the {flavour} flavour")
         options: dict = {"per_channel": True, "quant_format": q.QuantFormat.QDQ, "weight_type": q.QuantType.QInt8,
                          "activation_type": q.QuantType.QUInt8 if activations == "uint8" else q.QuantType.QInt8}
         # BatchNormalization after a run-time-weight conv (DyMN) cannot be folded, and ONNX Runtime
@@ -237,8 +236,6 @@ def quantize_qdq(
             # takes no int32 input.
             flavour_extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "UseQDQContribOps": False, "QuantizeBias": False}
             options["op_types_to_quantize"] = ["Conv", "MatMul", "Gemm"]
-        elif flavour != "onnxruntime":
-            raise CalibrationError(f"unknown QDQ flavour {flavour!r}")
 
         def attempt(method: str) -> None:
             # Chunks of a few windows: every intermediate tensor of a chunk is held in memory at once.

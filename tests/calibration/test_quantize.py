@@ -179,6 +179,17 @@ def test_bad_requests(shared, keep_stem_and_classifier, tmp_path):
         calibrate_bundle(embedded_bundle_path(), pool, tmp_path / "x", backend="openvino", method="entropy", samples=16, progress=False)
 
 
+def test_quantize_qdq_refuses_bad_arguments_before_reading_the_model(tmp_path):
+    from dymn_edge.calibration.dataset import FeatureSet
+    from dymn_edge.calibration.ort_qdq import quantize_qdq
+
+    missing, data = tmp_path / "no_such_model.onnx", FeatureSet([], [], None)
+    with pytest.raises(CalibrationError, match="unknown QDQ flavour 'tflite'"):
+        quantize_qdq(missing, tmp_path / "out.onnx", data, flavour="tflite")
+    with pytest.raises(CalibrationError, match="activations 'uint8' are not available for the tensorrt flavour"):
+        quantize_qdq(missing, tmp_path / "out.onnx", data, flavour="tensorrt", activations="uint8")
+
+
 def test_calibration_cache_round_trip(tmp_path):
     ranges = {"mel": (-2.1, 3.0), "/features.0/Conv_output_0": (-0.5, 0.25), "zero": (0.0, 0.0)}
     path = write_calibration_cache(ranges, tmp_path / "c.cache", method="minmax", tensorrt_version="10.3.0")

@@ -65,17 +65,11 @@ def main() -> None:
     rows, accuracy = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        import torch
-
-        from dymn_edge.train import create_model, save_checkpoint
+        from make_dymn_checkpoints import write_init_checkpoint
 
         models = {"mn04_as": (args.shared / "weights" / "mn04_as_mAP_432.pt", ["static"])}
         for name in ("dymn04", "dymn10"):
-            torch.manual_seed(0)
-            model = create_model(name).eval()
-            model.set_temperature(1.0)
-            save_checkpoint(model, work / f"{name}_init.pt")
-            models[name] = (work / f"{name}_init.pt", ["grouped", "matmul", "expanded"])
+            models[name] = (write_init_checkpoint(name, work / f"{name}_init.pt"), ["grouped", "matmul", "expanded"])
         for name, (checkpoint, strategies) in ({} if args.accuracy_only else models).items():
             loaded = load_checkpoint(checkpoint)
             for strategy in strategies:

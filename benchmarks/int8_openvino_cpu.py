@@ -28,20 +28,10 @@ MODELS = ("mn04", "dymn04-grouped", "dymn04-expanded", "dymn10-grouped", "dymn10
 def _fp32_bundle(key: str, work: Path) -> Path:
     if key == "mn04":
         return REPO / "runtime" / "assets" / "models" / "mn04_as"
-    import torch
-
-    from dymn_edge.export.onnx import export_bundle
-    from dymn_edge.train import create_model, save_checkpoint
-    from dymn_edge.train.checkpoint import load_checkpoint
+    from make_dymn_checkpoints import init_export
 
     name, strategy = key.split("-")
-    if not (work / f"{name}.pt").exists():
-        torch.manual_seed(0)
-        model = create_model(name).eval()
-        model.set_temperature(1.0)
-        save_checkpoint(model, work / f"{name}.pt")
-    return export_bundle(load_checkpoint(work / f"{name}.pt"), work / key, name=name, strategy=strategy, batch=1,
-                         include_checkpoint=False, verify_parity=False, overwrite=True).path
+    return init_export(name, strategy, work)
 
 
 def _int8_xml(key: str, fp32: Path, work: Path, pool: Path, int8_dir: Path | None) -> Path:

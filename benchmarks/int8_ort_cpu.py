@@ -47,17 +47,9 @@ x = cal[0][None]
 def export(key):
     if key == "mn04":
         return Path("runtime/assets/models/mn04_as/model.onnx")
-    import torch
-    from dymn_edge.export.onnx import export_bundle
-    from dymn_edge.train import create_model, save_checkpoint
-    from dymn_edge.train.checkpoint import load_checkpoint
-    name, strategy = key.split("-")
-    if not (work / f"{name}.pt").exists():
-        torch.manual_seed(0); m = create_model(name).eval(); m.set_temperature(1.0)
-        save_checkpoint(m, work / f"{name}.pt")
-    b = export_bundle(load_checkpoint(work / f"{name}.pt"), work / key, name=name, strategy=strategy, batch=1,
-                      include_checkpoint=False, verify_parity=False, overwrite=True)
-    return b.require("onnx")
+    from make_dymn_checkpoints import init_export
+    from dymn_edge.runtime import load_bundle
+    return load_bundle(init_export(*key.split("-"), work)).require("onnx")
 
 def session(path, threads):
     so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1

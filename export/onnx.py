@@ -330,7 +330,10 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
 def _int8_choice(exported: dict[str, Path], choice: dict[str, Any], files: dict, stage: Path) -> dict[str, Any]:
     """The strategy INT8 calibration starts from (``runtime.bundle.INT8_PREFERENCE``), added to the bundle when no FP32 model already has it."""
     strategy = next(s for s in INT8_PREFERENCE if s in exported)
-    by_strategy = {choice["chosen"]["onnxruntime"]: "model.onnx", choice["chosen"].get("openvino"): "model.openvino.onnx"}
+    # Only the files this bundle really holds: OpenVINO gets its own only when its choice differs.
+    by_strategy = {choice["chosen"]["onnxruntime"]: "model.onnx"}
+    if "model.openvino.onnx" in files:
+        by_strategy.setdefault(choice["chosen"]["openvino"], "model.openvino.onnx")
     name = by_strategy.get(strategy)
     if name is None:
         name = "model.int8.onnx"

@@ -132,6 +132,9 @@ class Bundle:
         """
         int8 = self.manifest.get("strategy_choice", {}).get("int8")
         if int8:
+            if int8["file"] not in self.manifest["files"]:
+                raise BundleError(f"{self.path}: strategy_choice.int8 names {int8['file']!r}, which the bundle does not hold "
+                                  f"(it has {', '.join(sorted(self.manifest['files']))}); export the bundle again")
             return self.path / int8["file"], int8["strategy"]
         own = self.file("onnx_openvino") if backend == "openvino" else None
         return own or self.require("onnx"), self.strategy_for(backend)

@@ -66,6 +66,23 @@ def test_export_dymn_strategies_from_the_cli(tmp_path, fixtures_dir):
             assert bad.returncode == 1 and "extreme logits" in bad.stderr
 
 
+@pytest.mark.slow
+def test_export_auto_from_the_cli_reports_every_choice(tmp_path):
+    """The trained dymn04_edge: auto prints each backend's timed choice and the INT8 starting point,
+    and the file it names for INT8 is really in the bundle (whether or not the backends agree)."""
+    proc = _cli("export", "onnx", "dymn04_edge", "-o", tmp_path / "auto", "--strategy", "auto", "--no-checkpoint", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    bundle = load_bundle(tmp_path / "auto")
+    choice = bundle.manifest["strategy_choice"]
+    for backend, chosen in choice["chosen"].items():
+        assert f"  auto: {backend} -> {chosen} (" in proc.stdout
+    int8 = choice["int8"]
+    assert f"  auto: INT8 calibration -> grouped ({int8['file']}; it quantizes best" in proc.stdout
+    assert int8["file"] in bundle.manifest["files"] and bundle.int8_source("openvino") == (bundle.path / int8["file"], "grouped")
+    if set(choice["chosen"].values()) == {"grouped"}:  # both backends run grouped: INT8 reuses model.onnx, nothing extra
+        assert int8["file"] == "model.onnx" and bundle.file("onnx_openvino") is None and bundle.file("onnx_int8") is None
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -1,5 +1,6 @@
 """ONNX export: numerical parity with PyTorch through ONNX Runtime, for both families."""
 
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -8,7 +9,7 @@ import torch
 
 from dymn_edge.export.onnx import export_bundle, export_onnx, probe_features
 from dymn_edge.runtime.bundle import load_bundle
-from dymn_edge.runtime.errors import ExportError
+from dymn_edge.runtime.errors import CalibrationError, ExportError
 from dymn_edge.runtime.frontend import log_mel
 from dymn_edge.runtime.registry import embedded_bundle_path
 from dymn_edge.train.checkpoint import load_checkpoint
@@ -116,8 +117,10 @@ def test_auto_strategy_measures_every_backend_and_records_the_choice(fixtures_di
     # INT8 starts from the strategy that quantizes best (grouped, available at batch 1), stored once.
     int8 = choice["int8"]
     assert int8["strategy"] == "grouped"
-    stored = {bundle.export_strategy: "model.onnx", choice["chosen"].get("openvino"): "model.openvino.onnx"}
-    assert int8["file"] == stored.get("grouped", "model.int8.onnx")
+    stored = {bundle.export_strategy: "model.onnx"}
+    if has_own:
+        stored[choice["chosen"]["openvino"]] = "model.openvino.onnx"
+    assert int8["file"] == stored.get("grouped", "model.int8.onnx") and (bundle.path / int8["file"]).is_file()
     assert (bundle.file("onnx_int8") is not None) == ("grouped" not in stored)
     for backend in ("onnxruntime", "openvino", "tensorrt"):
         assert bundle.int8_source(backend) == (bundle.path / int8["file"], "grouped")
@@ -154,6 +157,21 @@ def test_calibration_quantizes_the_strategy_auto_chose_for_int8(fixtures_dir, sh
     assert reduce_sums(out.require("onnx")) == reduce_sums(bundle.file("onnx_int8"))
     assert out.export_strategy == "expanded" and out.manifest["quantization"]["export_strategy"] == "expanded"
     assert "strategy_choice" not in out.manifest  # the FP32 per-backend choice does not describe the INT8 model
+
+    # Sensitivity ranks the parts of that same graph: record what it would quantize, then refuse.
+    from dymn_edge.calibration import calibrate as calibrate_module
+    from dymn_edge.calibration.dataset import build_feature_set
+
+    quantized = []
+
+    def refuse(source, dest, data, **kw):
+        quantized.append(Path(source))
+        raise CalibrationError("not needed here")
+
+    monkeypatch.setattr(calibrate_module, "quantize_qdq", refuse)
+    data = build_feature_set(shared / "data" / "pool", samples=16, progress=False)
+    assert calibrate_module.sensitivity(bundle, data, data, progress=False) == []
+    assert len(quantized) > 10 and set(quantized) == {bundle.file("onnx_int8")}
 
 
 def test_an_opset_the_model_cannot_be_expressed_in(fixtures_dir, tmp_path):

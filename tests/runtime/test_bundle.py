@@ -135,3 +135,13 @@ def test_update_manifest_records_findings_but_never_the_payload(bundle_copy):
     for key in ("files", "format", "format_version"):
         with pytest.raises(BundleError, match=f"manifest keys \\['{key}'\\] describe the payload"):
             update_manifest(load_bundle(bundle_copy), {key: {}})
+
+
+def test_int8_source_the_bundle_does_not_hold_is_named(bundle_copy):
+    """An auto bundle records the file INT8 calibration starts from; a name it does not hold is an error, not a crash later."""
+    _edit_manifest(bundle_copy, strategy_choice={"int8": {"strategy": "grouped", "file": "model.openvino.onnx"}})
+    bundle = load_bundle(bundle_copy)
+    with pytest.raises(BundleError, match=r"strategy_choice\.int8 names 'model\.openvino\.onnx', which the bundle does not hold .*model\.onnx"):
+        bundle.int8_source("onnxruntime")
+    _edit_manifest(bundle_copy, strategy_choice={"int8": {"strategy": "grouped", "file": "model.onnx"}})
+    assert load_bundle(bundle_copy).int8_source("openvino") == (bundle_copy / "model.onnx", "grouped")

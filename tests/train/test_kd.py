@@ -11,7 +11,6 @@ import torch
 
 from dymn_edge.runtime.errors import TrainingError
 from dymn_edge.train import load_checkpoint
-from dymn_edge.train.data import open_clips
 from dymn_edge.train.recipes import distill, teacher_logits
 from dymn_edge.train.trainer import TrainConfig, mixup
 

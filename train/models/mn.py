@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConcurrentSE, ConvNormAct, batch_norm, conv_out_size
+from ..layers import ConcurrentSE, ConvNormAct, conv_out_size
 from ..layers.squeeze_excitation import SE_DIMS
 from ._heads import init_weights, make_head
 from .config import MNConfig, block_settings, last_channel

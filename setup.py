@@ -5,9 +5,10 @@ they install as subpackages of one namespace, ``dymn_edge``. The ``cli/`` folder
 package root itself (``dymn_edge/__init__.py``, ``dymn_edge/cli.py``): only the CLI sees every part.
 """
 
+import platform
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ROOT = Path(__file__).parent
 
@@ -47,6 +48,22 @@ extras = {
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("tensorrt", "dev") for req in reqs})
 
+# The fused backend's C kernels (runtime/csrc/fused_dymn.c), loaded with ctypes, not imported.
+# A generic build everywhere (SSE on x86-64, NEON on aarch64) and an AVX2/FMA build on x86-64 that
+# runtime/backends/fused.py picks when the CPU has both. Optional: without a C compiler the
+# install still succeeds and only --backend fused is unavailable.
+FUSED_SOURCES = ["runtime/csrc/fused_dymn.c"]
+
+
+def _fused(name: str, flags: list[str]) -> Extension:
+    return Extension(f"dymn_edge.runtime.{name}", FUSED_SOURCES, define_macros=[("DYMN_PYMODULE", name)],
+                     extra_compile_args=["-O3", *flags], libraries=["m"], optional=True)
+
+
+ext_modules = [_fused("_fused_dymn", [])]
+if platform.machine().lower() in ("x86_64", "amd64"):
+    ext_modules.append(_fused("_fused_dymn_avx2", ["-mavx2", "-mfma"]))
+
 setup(
     name="dymn-edge",
     version=_version(),
@@ -70,6 +87,7 @@ setup(
         "rich>=13.0",
     ],
     extras_require=extras,
+    ext_modules=ext_modules,
     entry_points={"console_scripts": ["dymn-edge = dymn_edge.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -38,8 +38,8 @@ PAUSE_S = 0.05  # between chunks: lets the previous worker's thread pool go idle
 @dataclass
 class Candidate:
     model: str
-    backend: str  # onnxruntime, openvino, torch
-    strategy: str  # grouped/matmul/expanded, static (mn), eager (torch)
+    backend: str  # onnxruntime, openvino, fused, torch
+    strategy: str  # grouped/matmul/expanded, static (mn), eager (torch), fused (fused)
     threads: int
     path: str
     temperature: float | None = None
@@ -71,7 +71,9 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
         checkpoint = bundle.file("checkpoint")
         if "torch" in backends and checkpoint is not None:
             out += [Candidate(bundle.name, "torch", "eager", t, str(checkpoint), bundle.manifest.get("temperature")) for t in threads]
-        out += [Candidate(bundle.name, b, bundle.strategy_for(b), t, str(bundle.path)) for b in backends if b != "torch" for t in threads]
+        runnable = [b for b in backends if b not in ("torch", "fused") or (b == "fused" and bundle.file("fused_weights"))]
+        out += [Candidate(bundle.name, b, "fused" if b == "fused" else bundle.strategy_for(b), t, str(bundle.path))
+                for b in runnable for t in threads]
         return out
     from dymn_edge.export.onnx import export_bundle
     from dymn_edge.train.checkpoint import load_checkpoint
@@ -88,8 +90,11 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
             _naive_bundle(loaded, load_bundle(workdir / f"{source.name}-grouped"), dest, batch, window_s, workdir)
         else:
             export_bundle(loaded, dest, name=source.name, strategy="grouped" if strategy == "static" else strategy,
-                          batch=batch, window_s=window_s, include_checkpoint=False, verify_parity=False)
-        out += [Candidate(source.name, b, strategy, t, str(dest)) for b in backends if b != "torch" for t in threads]
+                          batch=batch, window_s=window_s, include_checkpoint=False, verify_parity=False, fused=strategy == "grouped")
+        out += [Candidate(source.name, b, strategy, t, str(dest)) for b in backends if b not in ("torch", "fused") for t in threads]
+        if strategy == "grouped" and "fused" in backends and load_bundle(dest).file("fused_weights"):
+            # One fused candidate: it reads model.fused.npz, which every DyMN export carries.
+            out += [Candidate(source.name, "fused", "fused", t, str(dest)) for t in threads]
     return out
 
 

@@ -22,7 +22,7 @@ from dymn_edge.runtime.errors import DymnEdgeError
 
 __all__ = ["cli", "main"]
 
-BACKEND_CHOICES = ["torch", "onnxruntime", "openvino", "tensorrt"]
+BACKEND_CHOICES = ["torch", "onnxruntime", "openvino", "tensorrt", "fused"]
 
 
 class _Group(click.Group):
@@ -161,13 +161,14 @@ def export():
 @click.option("--window", "window_s", type=float, default=10.0, show_default=True, callback=_positive_seconds, metavar="SECONDS")
 @click.option("--name", default=None, help="Model name in the manifest (default: the model's).")
 @click.option("--no-checkpoint", is_flag=True, help="Leave the PyTorch checkpoint out of the bundle.")
+@click.option("--no-fused", is_flag=True, help="Leave out model.fused.npz (DyMN weights for --backend fused).")
 @click.option("--probe-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Recording to check parity on (default: the shipped demo clip).")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Label list (index,mid,display_name). Default: labels.csv beside the checkpoint (as `train finetune` writes), "
                    "else AudioSet's 527 for 527 classes.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_checkpoint, probe_audio, labels_file, force):
+def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_checkpoint, no_fused, probe_audio, labels_file, force):
     """Export MODEL (registry name, checkpoint or bundle) to an ONNX bundle, parity-checked against PyTorch."""
     from dymn_edge.export.onnx import export_bundle
     from dymn_edge.loader import load_torch_model
@@ -188,7 +189,7 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
         probe = log_mel(wave[: int(window_s * 32000)])[None, None]
     bundle = export_bundle(
         loaded, out, name=name or default_name, strategy=strategy, batch=batch, opset=opset, window_s=window_s,
-        include_checkpoint=not no_checkpoint, overwrite=force, probe=probe, labels=labels,
+        include_checkpoint=not no_checkpoint, overwrite=force, probe=probe, labels=labels, fused=not no_fused,
     )
     parity = bundle.manifest["parity"]["max_abs_logit_diff"]
     click.echo(f"{bundle.path}: {bundle.family} {bundle.export_strategy}, opset {opset}, max |logit diff| vs PyTorch {parity:.1e}")
@@ -198,6 +199,11 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
             timings = ", ".join(f"{s} {ms:.1f} ms" for s, ms in sorted(by_strategy.items(), key=lambda kv: kv[1]))
             click.echo(f"  auto: {backend} -> {choice['chosen'][backend]} ({timings}; {choice['threads']} thread)")
         click.echo(f"  auto: INT8 calibration -> {choice['int8']['strategy']} ({choice['int8']['file']}; it quantizes best, docs/calibration.md)")
+    fused = bundle.manifest.get("fused")
+    if fused:
+        parity = fused.get("max_abs_logit_diff")
+        checked = f"max |logit diff| vs PyTorch {parity:.1e}" if parity is not None else fused.get("parity_note", "parity not checked")
+        click.echo(f"  fused: {fused['file']} ({checked})" if fused["included"] else f"  fused: left out ({fused['reason']})")
     verdicts = ", ".join(f"{t} {'pass' if v['passed'] else 'FAIL'}" for t, v in bundle.manifest.get("lint", {}).items())
     click.echo(f"  lint: {verdicts}")
 
@@ -234,8 +240,8 @@ def _csv(kind, choices=None):
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True, metavar="MODEL|BUNDLE...")
-@click.option("--backend", "backends", default="torch,onnxruntime,openvino", show_default=True,
-              callback=_csv(str, BACKEND_CHOICES), help="Comma-separated backends; torch is the eager reference.")
+@click.option("--backend", "backends", default="torch,onnxruntime,openvino,fused", show_default=True,
+              callback=_csv(str, BACKEND_CHOICES), help="Comma-separated backends; torch is the eager reference, fused runs DyMN only.")
 @click.option("--strategy", "strategies", default="grouped,matmul,expanded", show_default=True,
               callback=_csv(str, ["grouped", "matmul", "expanded"]), help="DyMN strategies to export and compare.")
 @click.option("--threads", default="1", show_default=True, callback=_csv(int), help="Comma-separated thread counts, e.g. 1,2.")

@@ -192,6 +192,7 @@ def export_bundle(
     overwrite: bool = False,
     probe: np.ndarray | None = None,
     verify_parity: bool = True,
+    fused: bool = True,
     extra: dict[str, Any] | None = None,
 ) -> Bundle:
     """Export a checkpoint to an FP32 ONNX bundle.
@@ -209,6 +210,7 @@ def export_bundle(
         include_checkpoint: copy the checkpoint into the bundle so the torch backend can run it too.
         probe: (N, 1, n_mels, frames) features for the parity check instead of the demo clip.
         verify_parity: False only for throwaway exports (benchmarks); the manifest then says so.
+        fused: also write ``model.fused.npz`` for the fused backend (DyMN only; checked against PyTorch too).
     """
     if strategy not in (*STRATEGIES, "auto"):
         raise ExportError(f"unknown export strategy {strategy!r}; expected one of {', '.join(STRATEGIES)} or auto")
@@ -257,6 +259,7 @@ def export_bundle(
             files.update(onnx_payload(exported[choice["chosen"]["openvino"]], stage, "model.openvino.onnx", "onnx_openvino"))
         if choice:
             choice["int8"] = _int8_choice(exported, choice, files, stage)
+        fused_record = _fused_payload(model, files, stage, probes if verify_parity else []) if fused and family == "dymn" else None
         if include_checkpoint:
             files["model.pt"] = (loaded.path, "checkpoint")
         batch_dim: int | str = "batch" if batch is None else batch
@@ -284,10 +287,48 @@ def export_bundle(
             },
             "source": {"file": loaded.path.name, "sha256": loaded.sha256},
             **({"strategy_choice": {**choice, "parity": parities}} if choice else {}),
+            **({"fused": fused_record} if fused_record else {}),
             **(extra or {}),
         }
         bundle = write_bundle(dest, files, metadata, labels=labels, overwrite=overwrite)
     return _lint(bundle)
+
+
+def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.ndarray]) -> dict[str, Any]:
+    """Add ``model.fused.npz`` to ``files`` when the fused backend can run ``model`` and matches PyTorch on ``probes``.
+
+    A model it cannot run, or one that misses parity, still exports: the manifest says why the file
+    is absent, and ``--backend fused`` then names that reason.
+    """
+    from dymn_edge.runtime.backends.fused import FUSED_FILE, LAYOUT_VERSION, FusedBackend
+    from dymn_edge.runtime.errors import BackendUnavailableError
+
+    from .fused import unsupported_reason, write_fused
+
+    reason = unsupported_reason(model)
+    if reason:
+        logger.info("no fused weights: %s", reason)
+        return {"included": False, "reason": reason}
+    path = write_fused(model, stage / "fused")
+    record: dict[str, Any] = {"included": True, "file": FUSED_FILE, "layout_version": LAYOUT_VERSION, "max_abs_logit_diff": None}
+    if probes:
+        try:
+            backend = FusedBackend(path, n_mels=probes[0].shape[2])
+        except BackendUnavailableError as e:
+            record["parity_note"] = f"not checked: {e}"
+            logger.warning("fused weights written without a parity check: %s", e)
+        else:
+            worst = 0.0
+            for x in probes:
+                with torch.inference_mode():
+                    expected = model(torch.from_numpy(x))[0].numpy()
+                worst = max(worst, float(np.abs(backend.infer(x) - expected).max()))
+            record["max_abs_logit_diff"] = worst
+            if worst > PARITY_ATOL:
+                logger.warning("fused backend differs from PyTorch by %.2e in logits; model.fused.npz left out", worst)
+                return {"included": False, "reason": f"fused backend differs from PyTorch by {worst:.2e} in logits (tolerance {PARITY_ATOL:.0e})"}
+    files[FUSED_FILE] = (path, "fused_weights")
+    return record
 
 
 def _lint(bundle: Bundle) -> Bundle:

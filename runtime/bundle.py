@@ -55,7 +55,7 @@ FORMAT_VERSION = 1
 # What a payload file is for; a bundle holds at most one file per role.
 ROLES = (
     "onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "onnx_int8", "onnx_int8_data", "onnx_fp32", "onnx_fp32_data", "checkpoint", "labels",
-    "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache",
+    "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache", "fused_weights",
 )
 
 # DyMN export strategies by how well they quantize, best first, for every backend: ``--strategy
@@ -70,7 +70,7 @@ ROLES = (
 # and OpenVINO collapses (0.002).
 INT8_PREFERENCE = ("grouped", "matmul", "expanded")
 
-MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine")
+MODEL_ROLES = ("onnx", "checkpoint", "openvino_xml", "tensorrt_engine", "fused_weights")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {

@@ -11,7 +11,7 @@ from .base import Backend
 __all__ = ["BACKENDS", "Backend", "check_against_manifest", "create_backend"]
 
 # torch lives on the train side; the runtime only names it so errors can say where it is.
-BACKENDS = ("onnxruntime", "openvino", "tensorrt", "torch")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "fused", "torch")
 
 
 def check_against_manifest(backend: Backend, bundle: Bundle) -> None:
@@ -21,7 +21,9 @@ def check_against_manifest(backend: Backend, bundle: Bundle) -> None:
     if declared and isinstance(declared[0], int):
         expected_in[0] = declared[0]
     problems = []
-    if len(backend.input_shape) != 4 or any(e is not None and a != e for a, e in zip(backend.input_shape, expected_in)):
+    # A backend that takes any batch (None) serves a manifest that fixes one; the other dims must agree.
+    agree = [a == e or e is None or (i == 0 and a is None) for i, (a, e) in enumerate(zip(backend.input_shape, expected_in))]
+    if len(backend.input_shape) != 4 or not all(agree):
         problems.append(f"input {backend.input_shape}, manifest expects {expected_in}")
     if len(backend.output_shape) != 2 or backend.output_shape[1] != bundle.num_classes:
         problems.append(f"output {backend.output_shape}, manifest says {bundle.num_classes} classes")
@@ -30,7 +32,7 @@ def check_against_manifest(backend: Backend, bundle: Bundle) -> None:
 
 
 def create_backend(name: str, bundle: Bundle, *, threads: int | None = None, device: str | None = None, spin: bool = True) -> Backend:
-    """Open the bundle's model on backend ``name`` (onnxruntime, openvino or tensorrt), checked against the manifest.
+    """Open the bundle's model on backend ``name`` (onnxruntime, openvino, tensorrt or fused), checked against the manifest.
 
     ``spin=False`` stops ONNX Runtime's idle threads from busy-waiting between runs: right for a
     stream that runs the model once a hop, wrong for back-to-back batch work.
@@ -61,6 +63,13 @@ def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None,
         hint = ("; TensorRT engines are built on the device that runs them: "
                 f"dymn-edge export tensorrt {bundle.path} --out BUNDLE_TRT")
         return TensorRTBackend(bundle.require("tensorrt_engine", hint=hint), bundle.manifest.get("tensorrt"), bundle_path=bundle.path)
+    if name == "fused":
+        from .fused import FusedBackend
+
+        record = bundle.manifest.get("fused") or {}
+        why = f"; this one has none because {record['reason']}" if record.get("reason") else ""
+        hint = f" (the fused backend runs DyMN bundles that carry model.fused.npz, which dymn-edge export onnx writes{why})"
+        return FusedBackend(bundle.require("fused_weights", hint=hint), n_mels=bundle.frontend.n_mels, threads=threads)
     if name == "torch":
         raise BackendUnavailableError("the torch backend lives in dymn_edge.train (pip install \"dymn-edge[train]\")")
     raise BackendUnavailableError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")

@@ -1,0 +1,232 @@
+"""``fused``: DyMN run by hand-fused C kernels (runtime/csrc/fused_dymn.c), without ONNX.
+
+Why a backend of its own: with standard ONNX operators, ONNX Runtime and OpenVINO keep dymn04 at
+2.6-3.4x mn04's latency, because every dynamic block becomes dozens of memory-bound passes and
+loses the fast convolution paths (docs/benchmarks.md). The C code aggregates each block's kernels
+once per window and runs expansion, depthwise convolution with Dy-ReLU and coordinate attention,
+and projection row by row. Weights come from the bundle's ``model.fused.npz``, which ``dymn-edge
+export onnx`` writes for DyMN models. Needs numpy only; the C library is compiled at install time
+(a generic build, plus an AVX2/FMA build on x86-64 that is used when the CPU has both).
+
+One window runs on one thread; ``threads`` > 1 runs the windows of a batch in parallel
+(ctypes releases the GIL during each call).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import importlib.util
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, BundleError
+
+__all__ = ["FUSED_FILE", "LAYOUT_VERSION", "FusedBackend", "block_dims", "library_variant"]
+
+logger = logging.getLogger(__name__)
+
+FUSED_FILE = "model.fused.npz"
+LAYOUT_VERSION = 1
+# Per-block integers in "b{i}/meta", in this order (export/fused.py writes them).
+BLOCK_META = ("cin", "cexp", "cout", "k", "stride", "dil", "pad", "H", "K", "residual", "exp_act", "has_exp")
+MAX_KERNEL, MAX_K = 16, 8  # the C code's fixed limits: depthwise rows per output row, kernels per dynamic conv
+
+_FP = C.POINTER(C.c_float)
+_BLOCK_ARRAYS = (
+    "exp_w exp_att_w exp_att_b exp_scale exp_shift dw_w dw_att_w dw_att_b dw_scale dw_shift dy_w dy_b lambdas init_v "
+    "proj_w proj_att_w proj_att_b proj_scale proj_shift joint_w joint_scale joint_shift cf_w cf_b ct_w ct_b"
+).split()
+_HEAD_ARRAYS = "outc_w outc_scale outc_shift fc1_w fc1_b fc2_w fc2_b".split()
+
+
+class _Block(C.Structure):
+    _fields_ = [(n, C.c_int) for n in ("F", "T", "Fo", "To", *BLOCK_META)] + [("inv_temp", C.c_float)] + [(n, _FP) for n in _BLOCK_ARRAYS]
+
+
+class _Net(C.Structure):
+    _fields_ = [(n, C.c_int) for n in "F T C0 n_blocks c_last c_head hidden classes_padded".split()] + [
+        ("stem_w", _FP), ("stem_scale", _FP), ("stem_shift", _FP), ("blocks", C.POINTER(_Block))] + [
+        (n, _FP) for n in (*_HEAD_ARRAYS, "work")]
+
+
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return bool(features.get("AVX2") and features.get("FMA3"))
+
+
+def library_variant() -> tuple[str, Path]:
+    """(variant, path) of the compiled library this CPU should use: "avx2" or "generic".
+
+    ``DYMN_EDGE_FUSED_BUILD=generic`` (or ``avx2``) forces one, for tests and comparisons.
+    """
+    forced = os.environ.get("DYMN_EDGE_FUSED_BUILD")
+    if forced not in (None, "", "avx2", "generic"):
+        raise BackendUnavailableError(f"DYMN_EDGE_FUSED_BUILD={forced!r}; expected avx2 or generic")
+    if forced == "avx2" and not _cpu_has_avx2_fma():
+        raise BackendUnavailableError("DYMN_EDGE_FUSED_BUILD=avx2, but this CPU lacks AVX2 or FMA")
+    candidates = [forced] if forced else (["avx2"] if _cpu_has_avx2_fma() else []) + ["generic"]
+    for variant in candidates:
+        module = "dymn_edge.runtime._fused_dymn" + ("_avx2" if variant == "avx2" else "")
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            return variant, Path(spec.origin)
+    raise BackendUnavailableError(
+        "the fused backend's C library was not built (pip compiles runtime/csrc/fused_dymn.c at install time "
+        "and needs a C compiler: apt install gcc, then pip install --force-reinstall --no-deps dymn-edge)")
+
+
+_LIBRARY: C.CDLL | None = None
+
+
+def _library() -> C.CDLL:
+    global _LIBRARY
+    if _LIBRARY is None:
+        variant, path = library_variant()
+        lib = C.CDLL(str(path))
+        lib.dymn_workspace_floats.restype = C.c_size_t
+        lib.dymn_workspace_floats.argtypes = [C.POINTER(_Net)]
+        lib.dymn_forward.restype = C.c_int
+        lib.dymn_forward.argtypes = [C.POINTER(_Net), _FP, _FP]
+        logger.info("fused backend: %s build (%s)", variant, path.name)
+        _LIBRARY = lib
+    return _LIBRARY
+
+
+def block_dims(size: int, k: int, stride: int, dil: int, pad: int) -> int:
+    """Output length of a convolution along one axis (PyTorch's formula)."""
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+class _Weights:
+    """model.fused.npz, checked once: every array float32 and contiguous, every shape as the C code reads it."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except Exception as e:  # zipfile and numpy raise many types for a broken file
+            raise BundleError(f"{path}: cannot read the fused weights: {e}") from e
+        version = int(arrays.get("layout_version", np.array([-1]))[0])
+        if version != LAYOUT_VERSION:
+            raise BundleError(f"{path}: fused weight layout {version}; this dymn-edge reads layout {LAYOUT_VERSION} (export the bundle again)")
+        self.path = path
+        self.arrays = {k: np.ascontiguousarray(v, dtype=np.float32) if v.dtype.kind == "f" else v for k, v in arrays.items()}
+        self.n_blocks = int(self._get("n_blocks")[0])
+        self.c0 = int(self._get("stem/w").shape[-1])
+        self.c_last, self.c_head, self.hidden, self.classes = (int(v) for v in self._get("head/meta"))
+        self.blocks = [dict(zip(BLOCK_META, (int(v) for v in self._get(f"b{i}/meta")))) for i in range(self.n_blocks)]
+        self._check()
+
+    def _get(self, key: str) -> np.ndarray:
+        if key not in self.arrays:
+            raise BundleError(f"{self.path}: fused weights lack {key!r}; export the bundle again")
+        return self.arrays[key]
+
+    def _expect(self, key: str, shape: tuple[int, ...]) -> None:
+        got = tuple(self._get(key).shape)
+        if got != shape:
+            raise BundleError(f"{self.path}: fused weight {key!r} has shape {got}, expected {shape}")
+
+    def _check(self) -> None:
+        self._expect("stem/w", (3, 3, self.c0))
+        channels = [self.c0]
+        for i, b in enumerate(self.blocks):
+            if b["cin"] != channels[-1]:
+                raise BundleError(f"{self.path}: block {i} takes {b['cin']} channels but the previous layer gives {channels[-1]}")
+            if b["k"] > MAX_KERNEL or b["K"] > MAX_K or b["K"] < 1:
+                raise BundleError(f"{self.path}: block {i} has kernel {b['k']} and {b['K']} dynamic kernels; the fused code takes at most {MAX_KERNEL} and {MAX_K}")
+            cin, cexp, cout, k, K, H = b["cin"], b["cexp"], b["cout"], b["k"], b["K"], b["H"]
+            if any(c % 8 for c in (cin, cexp, cout, H)):
+                raise BundleError(f"{self.path}: block {i} channels {cin}/{cexp}/{cout}/{H} are not multiples of 8")
+            shapes = {"dw_w": (K, k, k, cexp), "dw_att_w": (K, H), "dw_att_b": (K,), "dw_scale": (cexp,), "dw_shift": (cexp,),
+                      "dy_w": (H, 4 * cexp), "dy_b": (4 * cexp,), "lambdas": (4,), "init_v": (4,), "proj_w": (K, cexp, cout),
+                      "proj_att_w": (K, H), "proj_att_b": (K,), "proj_scale": (cout,), "proj_shift": (cout,), "joint_w": (cin, H),
+                      "joint_scale": (H,), "joint_shift": (H,), "cf_w": (H, cexp), "cf_b": (cexp,), "ct_w": (H, cexp), "ct_b": (cexp,)}
+            if b["has_exp"]:
+                shapes.update({"exp_w": (K, cin, cexp), "exp_att_w": (K, H), "exp_att_b": (K,), "exp_scale": (cexp,), "exp_shift": (cexp,)})
+            for name, shape in shapes.items():
+                self._expect(f"b{i}/{name}", shape)
+            channels.append(cout)
+        if self.c_last != channels[-1]:
+            raise BundleError(f"{self.path}: the head takes {self.c_last} channels but the last block gives {channels[-1]}")
+        padded = (self.classes + 7) // 8 * 8
+        for name, shape in {"outc_w": (self.c_last, self.c_head), "outc_scale": (self.c_head,), "outc_shift": (self.c_head,),
+                            "fc1_w": (self.c_head, self.hidden), "fc1_b": (self.hidden,), "fc2_w": (self.hidden, padded),
+                            "fc2_b": (padded,)}.items():
+            self._expect(f"head/{name}", shape)
+
+
+class _Plan:
+    """The C structs for one input size: block dims, pointers into the weights, and a workspace."""
+
+    def __init__(self, lib: C.CDLL, w: _Weights, n_mels: int, frames: int) -> None:
+        a = w.arrays
+        ptr = lambda key: a[key].ctypes.data_as(_FP)  # noqa: E731  (the arrays outlive the plan)
+        blocks = (_Block * w.n_blocks)()
+        F, T = (n_mels + 1) // 2, (frames + 1) // 2  # after the 3x3 stride-2 stem
+        for i, (b, meta) in enumerate(zip(blocks, w.blocks)):
+            for key, value in meta.items():
+                setattr(b, key, value)
+            b.F, b.T = F, T
+            b.Fo, b.To = (block_dims(n, meta["k"], meta["stride"], meta["dil"], meta["pad"]) for n in (F, T))
+            b.inv_temp = float(a[f"b{i}/inv_temp"][0])
+            for name in _BLOCK_ARRAYS:
+                if f"b{i}/{name}" in a:
+                    setattr(b, name, ptr(f"b{i}/{name}"))
+            F, T = b.Fo, b.To
+        net = _Net(F=n_mels, T=frames, C0=w.c0, n_blocks=w.n_blocks, c_last=w.c_last, c_head=w.c_head, hidden=w.hidden,
+                   classes_padded=(w.classes + 7) // 8 * 8)
+        net.stem_w, net.stem_scale, net.stem_shift = ptr("stem/w"), ptr("stem/scale"), ptr("stem/shift")
+        net.blocks = blocks
+        for name in _HEAD_ARRAYS:
+            setattr(net, name, ptr(f"head/{name}"))
+        self.work = np.zeros(lib.dymn_workspace_floats(C.byref(net)), np.float32)
+        net.work = self.work.ctypes.data_as(_FP)
+        self.lib, self.net, self.blocks, self.classes = lib, net, blocks, w.classes
+        self.logits = np.zeros(net.classes_padded, np.float32)
+
+    def run(self, window: np.ndarray) -> np.ndarray:
+        self.lib.dymn_forward(C.byref(self.net), window.ctypes.data_as(_FP), self.logits.ctypes.data_as(_FP))
+        return self.logits[: self.classes].copy()
+
+
+class FusedBackend:
+    name = "fused"
+
+    def __init__(self, weights_path: str | Path, *, n_mels: int, threads: int | None = None) -> None:
+        self.lib = _library()
+        self.weights = _Weights(Path(weights_path))
+        self.n_mels = n_mels
+        self.threads = max(1, threads or 1)
+        self.max_batch = None
+        self.input_shape: list[int | None] = [None, 1, n_mels, None]
+        self.output_shape: list[int | None] = [None, self.weights.classes]
+        self._plans: dict[tuple[int, int], list[_Plan]] = {}  # one per worker thread and input size
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def _plans_for(self, frames: int, count: int) -> list[_Plan]:
+        plans = self._plans.setdefault((self.n_mels, frames), [])
+        while len(plans) < count:
+            plans.append(_Plan(self.lib, self.weights, self.n_mels, frames))
+        return plans
+
+    def infer(self, features: np.ndarray) -> np.ndarray:
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.ndim != 4 or features.shape[1] != 1 or features.shape[2] != self.n_mels or features.shape[3] < 1:
+            raise BundleError(f"{self.weights.path}: the fused backend expects (batch, 1, {self.n_mels}, frames) features, got {features.shape}")
+        if not np.isfinite(features).all():
+            raise BundleError(f"{self.weights.path}: features hold NaN or inf")
+        batch, workers = features.shape[0], min(self.threads, features.shape[0])
+        plans = self._plans_for(features.shape[3], workers)
+        if workers == 1:
+            return np.stack([plans[0].run(features[i, 0]) for i in range(batch)])
+        chunks = np.array_split(np.arange(batch), workers)
+        parts = self._pool.map(lambda job: [job[0].run(features[i, 0]) for i in job[1]], zip(plans, chunks))
+        return np.stack([row for part in parts for row in part])

@@ -1,0 +1,464 @@
+/* DyMN forward pass with each dynamic block fused by hand: the ``fused`` runtime backend.
+
+   Why hand-written: ONNX Runtime and OpenVINO run a dynamic block as ~40 separate kernels, most
+   of them memory-bound passes over the full activation (context pooling, Dy-ReLU, coordinate
+   attention, layout reorders), and both lose their fast convolution paths when the weights are
+   computed per input (docs/benchmarks.md has the profiles). No standard ONNX graph can say
+   "aggregate the kernel for this input, then convolve with the epilogue fused". Here each block is
+   the context (small), its three kernels aggregated once, then one pass per output row:
+     1. the expansion rows it needs (1x1 GEMM, BN folded, activation) into a small ring of
+        zero-bordered rows, each row computed once;
+     2. the depthwise convolution with Dy-ReLU and coordinate attention in its epilogue;
+     3. the 1x1 projection with BN, the residual, and the next block's context pooling sums;
+   so a row's data stays in L2 between the three steps.
+
+   Layout is channels-last (F, T, C), one window at a time. Every channel count is a multiple of 8.
+   Vectors are GCC vector extensions of 8 floats: AVX2/FMA when compiled with -mavx2 -mfma,
+   SSE or NEON register pairs otherwise. Sums run in float32 in a different order than PyTorch;
+   parity with PyTorch is tested to 1e-4 on logits (tests/runtime/test_fused_backend.py).
+
+   Python side: runtime/backends/fused.py (ctypes structs mirror Block and Net below).
+   Profiling build: -DPROFILE times context / kernels / rows per block into dymn_prof. */
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v8 __attribute__((vector_size(32)));
+#define VL 8
+#define MR 6 /* rows per GEMM tile */
+
+static inline v8 ld(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
+static inline void st(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
+typedef int v8i __attribute__((vector_size(32)));
+static inline v8 vselect(v8i m, v8 a, v8 b) { return (v8)(((v8i)a & m) | ((v8i)b & ~m)); }
+static inline v8 vmax(v8 a, v8 b) { return vselect(a > b, a, b); }
+static inline v8 vmin(v8 a, v8 b) { return vselect(a < b, a, b); }
+
+#ifdef PROFILE /* keep the phases apart in perf, and time them: dymn_prof[block][context, kernels, rows] */
+#include <time.h>
+#define PHASE __attribute__((noinline))
+double dymn_prof[32][4];
+static int prof_block;
+static double prof_last;
+static double prof_now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
+#define TICK(phase) do { double t_ = prof_now(); dymn_prof[prof_block][phase] += t_ - prof_last; prof_last = t_; } while (0)
+#define PROF_BLOCK(i) do { prof_block = (i); } while (0)
+#else
+#define PHASE
+#define TICK(phase) do { } while (0)
+#define PROF_BLOCK(i) do { } while (0)
+#endif
+
+/* exp(x) for 8 lanes: Cephes' range reduction and degree-5 polynomial (relative error ~1e-7).
+   Written out because glibc's vector expf needs -ffast-math, which would also reorder our sums. */
+static inline v8 vexp(v8 x) {
+    x = vmin(vmax(x, splat(-87.3f)), splat(88.3f));
+    v8 y = x * splat(1.44269504088896341f) + splat(0.5f);
+    v8i ni = __builtin_convertvector(y, v8i);
+    v8 n = __builtin_convertvector(ni, v8);
+    v8i down = n > y; /* truncation rounded a negative value up: floor it */
+    ni += down;         /* lanes are -1 where true */
+    n = __builtin_convertvector(ni, v8);
+    v8 r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+    v8 p = splat(1.9875691500e-4f);
+    p = p * r + splat(1.3981999507e-3f);
+    p = p * r + splat(8.3334519073e-3f);
+    p = p * r + splat(4.1665795894e-2f);
+    p = p * r + splat(1.6666665459e-1f);
+    p = p * r + splat(5.0000001201e-1f);
+    p = p * r * r + r + splat(1.f);
+    return (v8)((v8i)p + (ni << 23));
+}
+
+static inline v8 vsigmoid(v8 x) { return splat(1.f) / (splat(1.f) + vexp(-x)); }
+
+/* In place over n floats, n a multiple of 8. */
+PHASE static void sigmoid_inplace(float *x, size_t n) {
+    for (size_t i = 0; i < n; i += VL) st(x + i, vsigmoid(ld(x + i)));
+}
+
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_HSWISH = 2 };
+
+static inline v8 activate(v8 v, int act) {
+    if (act == ACT_RELU) return vmax(v, splat(0.f));
+    if (act == ACT_HSWISH) return v * vmin(vmax(v + splat(3.f), splat(0.f)), splat(6.f)) * splat(1.f / 6.f);
+    return v;
+}
+
+/* What a GEMM does with each output: out = act(acc * scale + shift) [+ res]; pool sums. */
+typedef struct {
+    const float *scale, *shift; /* per output channel; either may be NULL */
+    int act;
+    const float *res; int res_stride; /* residual, same (t, c) layout as out, row stride per f */
+    float *pool_f, *pool_t;           /* when set: += output into [f][c] and [t][c] */
+} Epi;
+
+static inline __attribute__((always_inline)) void tile(
+    const float *in, int cin, const float *w, int cout, int co, float *out, int rows, int nv,
+    const Epi *e, int f, int t0, const float *res) {
+    v8 acc[MR][2];
+    for (int r = 0; r < MR; r++) for (int v = 0; v < 2; v++) acc[r][v] = splat(0.f);
+    for (int ci = 0; ci < cin; ci++) {
+        v8 w0 = ld(w + ci * cout + co), w1 = nv > 1 ? ld(w + ci * cout + co + VL) : w0;
+        for (int r = 0; r < rows; r++) {
+            v8 x = splat(in[r * cin + ci]);
+            acc[r][0] += x * w0;
+            if (nv > 1) acc[r][1] += x * w1;
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        int c = co + v * VL;
+        v8 sc = e->scale ? ld(e->scale + c) : splat(1.f), sh = e->shift ? ld(e->shift + c) : splat(0.f);
+        for (int r = 0; r < rows; r++) {
+            v8 y = activate(acc[r][v] * sc + sh, e->act);
+            if (res) y += ld(res + r * cout + c);
+            st(out + r * cout + c, y);
+            if (e->pool_f) {
+                st(e->pool_f + f * cout + c, ld(e->pool_f + f * cout + c) + y);
+                st(e->pool_t + (t0 + r) * cout + c, ld(e->pool_t + (t0 + r) * cout + c) + y);
+            }
+        }
+    }
+}
+
+#define TILE(R, NV) tile(a, cin, w, cout, co, o, R, NV, e, f, t, rs)
+#define DISPATCH(NV)                                                                      \
+    switch (rows) {                                                                       \
+    case 6: TILE(6, NV); break; case 5: TILE(5, NV); break; case 4: TILE(4, NV); break;    \
+    case 3: TILE(3, NV); break; case 2: TILE(2, NV); break; default: TILE(1, NV); break;  \
+    }
+
+/* out[f][t][:] = epilogue(in[f][t][:] @ w), w is (cin, cout) row-major, cout a multiple of 8.
+   Rows of f are in_stride / out_stride floats apart. */
+/* noipa: every call passes nf = 1, and GCC's constant-propagated clone of this function
+   came out 30 % slower than the general one. */
+__attribute__((noipa)) static void gemm(const float *in, int nf, int nt, int in_stride, int cin, const float *w, int cout,
+                 float *out, int out_stride, const Epi *e) {
+    for (int f = 0; f < nf; f++) {
+        for (int t = 0; t < nt; t += MR) {
+            int rows = nt - t < MR ? nt - t : MR;
+            const float *a = in + (size_t)f * in_stride + (size_t)t * cin;
+            float *o = out + (size_t)f * out_stride + (size_t)t * cout;
+            const float *rs = e->res ? e->res + (size_t)f * e->res_stride + (size_t)t * cout : NULL;
+            int co = 0;
+            for (; co + 2 * VL <= cout; co += 2 * VL) DISPATCH(2)
+            for (; co < cout; co += VL) DISPATCH(1)
+        }
+    }
+}
+
+typedef struct {
+    int F, T, Fo, To, cin, cexp, cout, k, stride, dil, pad, H, K, residual, exp_act, has_exp;
+    float inv_temp;
+    const float *exp_w;                     /* (K, cin, cexp) */
+    const float *exp_att_w, *exp_att_b;     /* (K, H), (K) */
+    const float *exp_scale, *exp_shift;     /* BN, (cexp) */
+    const float *dw_w;                      /* (K, k, k, cexp) */
+    const float *dw_att_w, *dw_att_b;
+    const float *dw_scale, *dw_shift;
+    const float *dy_w, *dy_b;               /* (H, 4 cexp), (4 cexp): Dy-ReLU coefficient net */
+    const float *lambdas, *init_v;          /* (4), (4) */
+    const float *proj_w;                    /* (K, cexp, cout) */
+    const float *proj_att_w, *proj_att_b;
+    const float *proj_scale, *proj_shift;
+    const float *joint_w, *joint_scale, *joint_shift; /* (cin, H), BN (H) */
+    const float *cf_w, *cf_b, *ct_w, *ct_b; /* (H, cexp), (cexp) */
+} Block;
+
+typedef struct {
+    int F, T, C0, n_blocks, c_last, c_head, hidden, classes_padded;
+    const float *stem_w;                    /* (3, 3, C0): 3x3 stride-2 convolution of the 1-channel input */
+    const float *stem_scale, *stem_shift;
+    const Block *blocks;
+    const float *outc_w, *outc_scale, *outc_shift; /* (c_last, c_head) */
+    const float *fc1_w, *fc1_b;             /* (c_head, hidden) */
+    const float *fc2_w, *fc2_b;             /* (hidden, classes_padded) */
+    float *work;                            /* caller-owned scratch of dymn_workspace_floats() floats */
+} Net;
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+/* Scratch layout (floats): two activation buffers, the ring of padded expansion rows, one depthwise output row, and small context buffers. */
+typedef struct { size_t act, pad, dw, pool, ctx, agg; } Sizes;
+
+static Sizes sizes(const Net *n) {
+    Sizes s = {(size_t)((n->F + 1) / 2) * ((n->T + 1) / 2) * n->C0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < n->n_blocks; i++) {
+        const Block *b = &n->blocks[i];
+        s.act = max_sz(s.act, (size_t)b->Fo * b->To * b->cout);
+        s.pad = max_sz(s.pad, (size_t)((b->k - 1) * b->dil + 2) * (b->T + 2 * b->pad) * b->cexp);
+        s.dw = max_sz(s.dw, (size_t)b->To * b->cexp);
+        s.pool = max_sz(s.pool, (size_t)(b->F + b->T) * b->cin + (size_t)(b->Fo + b->To) * b->cout);
+        s.ctx = max_sz(s.ctx, (size_t)(b->F + b->T) * (b->cin + 2 * b->H) + (size_t)(b->Fo + b->To) * b->cexp + 8 * (size_t)b->cexp + b->H + 16);
+        s.agg = max_sz(s.agg, (size_t)b->cin * b->cexp + (size_t)b->k * b->k * b->cexp + (size_t)b->cexp * b->cout + 4 * (size_t)b->cexp);
+    }
+    const Block *last = &n->blocks[n->n_blocks - 1];
+    s.act = max_sz(s.act, (size_t)last->Fo * last->To * n->c_head);
+    s.pool = max_sz(s.pool, (size_t)(last->Fo + last->To) * n->c_head);
+    return s;
+}
+
+size_t dymn_workspace_floats(const Net *n) {
+    Sizes s = sizes(n);
+    return 2 * s.act + s.pad + s.dw + s.pool + s.ctx + s.agg + n->c_head + n->hidden + 64;
+}
+
+PHASE static void softmax_attention(const float *w, const float *b, const float *h, int H, int K, float inv_temp, float *a) {
+    float mx = -INFINITY;
+    for (int k = 0; k < K; k++) {
+        float z = b[k];
+        for (int j = 0; j < H; j++) z += w[k * H + j] * h[j];
+        a[k] = z * inv_temp;
+        mx = a[k] > mx ? a[k] : mx;
+    }
+    float sum = 0.f;
+    for (int k = 0; k < K; k++) { a[k] = expf(a[k] - mx); sum += a[k]; }
+    for (int k = 0; k < K; k++) a[k] /= sum;
+}
+
+/* dst = (sum_k a_k bank[k]) * scale[column]: the per-input kernel with BN's scale applied.
+   Each bank is (rows, channels) row-major, channels a multiple of 8. */
+PHASE static void aggregate(const float *bank, const float *a, int K, size_t rows, int channels, const float *scale, float *dst) {
+    size_t n = rows * channels;
+    for (size_t r = 0; r < rows; r++) {
+        for (int c = 0; c < channels; c += VL) {
+            size_t i = r * channels + c;
+            v8 s = splat(a[0]) * ld(bank + i);
+            for (int k = 1; k < K; k++) s += splat(a[k]) * ld(bank + k * n + i);
+            st(dst + i, s * ld(scale + c));
+        }
+    }
+}
+
+
+/* EfficientAT's AvgPool2d(3, stride, padding=1) along one axis, padding counted (divides by 3). */
+PHASE static void avgpool3(const float *in, int n, int H, int stride, float *out, int n_out) {
+    for (int o = 0; o < n_out; o++) {
+        for (int h = 0; h < H; h++) {
+            float s = 0.f;
+            for (int d = -1; d <= 1; d++) {
+                int i = o * stride + d;
+                if (i >= 0 && i < n) s += in[i * H + h];
+            }
+            out[o * H + h] = s / 3.f;
+        }
+    }
+}
+
+/* One output row of the depthwise k x k convolution with the block's Dy-ReLU (max of two
+   per-channel lines) and coordinate attention (times gate_f[f][c] * gate_t[t][c]) applied before
+   the store. KS and S are constants at each call site, so the tap loops unroll and the k*k weight
+   vectors of a channel group stay in registers (or L1) across the row. */
+static inline __attribute__((always_inline)) void depthwise_row(
+    const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
+    const float *gate_f, const float *gate_t, float *o, int fo, int KS, int S) {
+    int C = b->cexp, d = b->dil;
+    for (int c = 0; c < C; c += VL) {
+        v8 wv[KS * KS];
+        for (int i = 0; i < KS * KS; i++) wv[i] = ld(w + i * C + c);
+        v8 bi = ld(bias + c), a1 = ld(coef + c), a2 = ld(coef + C + c), b1 = ld(coef + 2 * C + c), b2 = ld(coef + 3 * C + c);
+        v8 gf = ld(gate_f + fo * C + c);
+        int to = 0;
+        for (; to + 4 <= b->To; to += 4) { /* four outputs share each weight load */
+            v8 acc[4] = {bi, bi, bi, bi};
+            for (int i = 0; i < KS; i++)
+                for (int j = 0; j < KS; j++) {
+                    const float *tap = in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c;
+                    v8 wij = wv[i * KS + j];
+                    for (int q = 0; q < 4; q++) acc[q] += ld(tap + (size_t)q * S * C) * wij;
+                }
+            for (int q = 0; q < 4; q++) {
+                v8 y = vmax(acc[q] * a1 + b1, acc[q] * a2 + b2);
+                st(o + (size_t)(to + q) * C + c, y * gf * ld(gate_t + (to + q) * C + c));
+            }
+        }
+        for (; to < b->To; to++) {
+            v8 acc = bi;
+            for (int i = 0; i < KS; i++)
+                for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * wv[i * KS + j];
+            v8 y = vmax(acc * a1 + b1, acc * a2 + b2);
+            st(o + (size_t)to * C + c, y * gf * ld(gate_t + to * C + c));
+        }
+    }
+}
+
+PHASE static void depthwise(const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
+                            const float *gate_f, const float *gate_t, float *out, int fo) {
+    if (b->k == 3 && b->stride == 1) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 1);
+    else if (b->k == 3 && b->stride == 2) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 2);
+    else if (b->k == 5 && b->stride == 1) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5, 1);
+    else if (b->k == 5 && b->stride == 2) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5, 2);
+    else depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, b->k, b->stride);
+}
+
+static void block_forward(const Block *b, const float *x, const float *sum_f, const float *sum_t, float *y,
+                          float *y_sum_f, float *y_sum_t, float *ring, float *dw_row, float *ctx, float *agg) {
+    int F = b->F, T = b->T, H = b->H, C = b->cexp, K = b->K;
+    /* Context: means over time (F rows) and over frequency (T rows), one shared 1x1 conv + BN + Hardswish. */
+    float *rows = ctx, *joint = rows + (size_t)(F + T) * b->cin, *pooled = joint + (size_t)(F + T) * H;
+    float *gate_f = pooled + (size_t)(F + T) * H, *gate_t = gate_f + (size_t)b->Fo * C;
+    float *coef = gate_t + (size_t)b->To * C, *h = coef + 4 * C, *att = h + H;
+    for (int f = 0; f < F; f++) for (int c = 0; c < b->cin; c++) rows[f * b->cin + c] = sum_f[f * b->cin + c] / T;
+    for (int t = 0; t < T; t++) for (int c = 0; c < b->cin; c++) rows[(F + t) * b->cin + c] = sum_t[t * b->cin + c] / F;
+    Epi e_joint = {b->joint_scale, b->joint_shift, ACT_HSWISH, NULL, 0, NULL, NULL};
+    gemm(rows, 1, F + T, 0, b->cin, b->joint_w, H, joint, 0, &e_joint);
+    for (int j = 0; j < H; j++) {
+        float s = 0.f;
+        for (int r = 0; r < F + T; r++) s += joint[r * H + j];
+        h[j] = s / (F + T);
+    }
+    const float *pf = joint, *pt = joint + (size_t)F * H;
+    if (b->stride > 1) {
+        avgpool3(joint, F, H, b->stride, pooled, b->Fo);
+        avgpool3(joint + (size_t)F * H, T, H, b->stride, pooled + (size_t)b->Fo * H, b->To);
+        pf = pooled, pt = pooled + (size_t)b->Fo * H;
+    }
+    Epi e_f = {NULL, b->cf_b, ACT_NONE, NULL, 0, NULL, NULL}, e_t = {NULL, b->ct_b, ACT_NONE, NULL, 0, NULL, NULL};
+    gemm(pf, 1, b->Fo, 0, H, b->cf_w, C, gate_f, 0, &e_f);
+    gemm(pt, 1, b->To, 0, H, b->ct_w, C, gate_t, 0, &e_t);
+    sigmoid_inplace(gate_f, (size_t)b->Fo * C);
+    sigmoid_inplace(gate_t, (size_t)b->To * C);
+    /* Dy-ReLU coefficients, stored as four planes of C: slope 1, slope 2, offset 1, offset 2. */
+    float *z = att + 8;
+    for (int o = 0; o < 4 * C; o += VL) {
+        v8 acc = ld(b->dy_b + o);
+        for (int j = 0; j < H; j++) acc += splat(h[j]) * ld(b->dy_w + (size_t)j * 4 * C + o);
+        st(z + o, splat(2.f) * vsigmoid(acc) - splat(1.f));
+    }
+    for (int o = 0; o < 4 * C; o++) coef[(o % 4) * C + o / 4] = z[o] * b->lambdas[o % 4] + b->init_v[o % 4];
+    TICK(0);
+    /* This input's three kernels, with BN's scales applied. */
+    float *w_exp = agg, *w_dw = w_exp + (size_t)b->cin * C, *w_proj = w_dw + (size_t)b->k * b->k * C;
+    if (b->has_exp) {
+        softmax_attention(b->exp_att_w, b->exp_att_b, h, H, K, b->inv_temp, att);
+        aggregate(b->exp_w, att, K, b->cin, C, b->exp_scale, w_exp);
+    }
+    softmax_attention(b->dw_att_w, b->dw_att_b, h, H, K, b->inv_temp, att);
+    aggregate(b->dw_w, att, K, (size_t)b->k * b->k, C, b->dw_scale, w_dw);
+    softmax_attention(b->proj_att_w, b->proj_att_b, h, H, K, b->inv_temp, att);
+    aggregate(b->proj_w, att, K, C, b->cout, b->proj_scale, w_proj);
+    TICK(1);
+    /* Row by row: the expansion rows a depthwise output row needs live in a ring of `span` padded
+       rows (plus one row of zeros for the frequency padding), so expansion, depthwise and
+       projection of a row happen while its data is still in L2. */
+    int pad = b->pad, Tp = T + 2 * pad, span = (b->k - 1) * b->dil + 1;
+    size_t row_floats = (size_t)Tp * C;
+    float *zero_row = ring + span * row_floats;
+    memset(zero_row, 0, sizeof(float) * row_floats);
+    for (int r = 0; r < span; r++) {
+        memset(ring + r * row_floats, 0, sizeof(float) * pad * C);
+        memset(ring + r * row_floats + (size_t)(T + pad) * C, 0, sizeof(float) * pad * C);
+    }
+    memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
+    memset(y_sum_t, 0, sizeof(float) * b->To * b->cout);
+    Epi e_exp = {NULL, b->exp_shift, b->exp_act, NULL, 0, NULL, NULL};
+    int next = 0; /* the next expansion row to compute */
+    for (int fo = 0; fo < b->Fo; fo++) {
+        const float *in_rows[16];
+        for (int i = 0; i < b->k; i++) {
+            int r = fo * b->stride - pad + i * b->dil;
+            if (r < 0 || r >= F) { in_rows[i] = zero_row; continue; }
+            for (; next <= r; next++) {
+                float *slot = ring + (size_t)(next % span) * row_floats + (size_t)pad * C;
+                if (b->has_exp) gemm(x + (size_t)next * T * b->cin, 1, T, 0, b->cin, w_exp, C, slot, 0, &e_exp);
+                else memcpy(slot, x + (size_t)next * T * C, sizeof(float) * T * C);
+            }
+            in_rows[i] = ring + (size_t)(r % span) * row_floats;
+        }
+        depthwise(b, in_rows, w_dw, b->dw_shift, coef, gate_f, gate_t, dw_row, fo);
+        Epi e = {NULL, b->proj_shift, ACT_NONE, b->residual ? x + (size_t)fo * T * b->cout : NULL, 0,
+                 y_sum_f + (size_t)fo * b->cout, y_sum_t};
+        gemm(dw_row, 1, b->To, 0, C, w_proj, b->cout, y + (size_t)fo * b->To * b->cout, 0, &e);
+    }
+    TICK(2);
+}
+
+/* input: (F, T) log-mel of one window; logits: (classes_padded). Returns 0. */
+int dymn_forward(const Net *n, const float *input, float *logits) {
+    Sizes s = sizes(n);
+    float *act[2] = {n->work, n->work + s.act};
+    float *ring = act[1] + s.act, *dw_row = ring + s.pad, *pool = dw_row + s.dw, *ctx = pool + s.pool, *agg = ctx + s.ctx;
+    float *emb = agg + s.agg, *hidden = emb + n->c_head;
+#ifdef PROFILE
+    prof_last = prof_now();
+#endif
+    PROF_BLOCK(30);
+    /* Stem: 3x3, stride 2, padding 1, BN, Hardswish, with the first block's pooling sums. */
+    int F = n->F, T = n->T, Fo = (F + 1) / 2, To = (T + 1) / 2, C0 = n->C0;
+    float *x = act[0];
+    float *sum_f = pool, *sum_t = pool + (size_t)Fo * C0;
+    memset(pool, 0, sizeof(float) * (size_t)(Fo + To) * C0);
+    for (int fo = 0; fo < Fo; fo++) {
+        int i0 = fo == 0 ? 1 : 0, i1 = F - (fo * 2 - 1) < 3 ? F - (fo * 2 - 1) : 3;
+        for (int c = 0; c < C0; c += VL) {
+            v8 wv[9], row_sum = splat(0.f);
+            for (int k = 0; k < 9; k++) wv[k] = ld(n->stem_w + k * C0 + c);
+            v8 sc = ld(n->stem_scale + c), sh = ld(n->stem_shift + c);
+            for (int to = 0; to < To; to++) {
+                int j0 = to == 0 ? 1 : 0, j1 = T - (to * 2 - 1) < 3 ? T - (to * 2 - 1) : 3;
+                const float *in = input + (ptrdiff_t)(fo * 2 - 1) * T + (to * 2 - 1);
+                v8 acc = splat(0.f);
+                if (i0 == 0 && j0 == 0 && i1 == 3 && j1 == 3) {
+                    for (int ii = 0; ii < 3; ii++)
+                        for (int jj = 0; jj < 3; jj++) acc += splat(in[ii * T + jj]) * wv[ii * 3 + jj];
+                } else {
+                    for (int ii = i0; ii < i1; ii++)
+                        for (int jj = j0; jj < j1; jj++) acc += splat(in[ii * T + jj]) * wv[ii * 3 + jj];
+                }
+                v8 y = activate(acc * sc + sh, ACT_HSWISH);
+                st(x + ((size_t)fo * To + to) * C0 + c, y);
+                row_sum += y;
+                st(sum_t + to * C0 + c, ld(sum_t + to * C0 + c) + y);
+            }
+            st(sum_f + fo * C0 + c, row_sum);
+        }
+    }
+    TICK(0);
+    for (int i = 0; i < n->n_blocks; i++) {
+        const Block *b = &n->blocks[i];
+        PROF_BLOCK(i);
+        float *y = act[(i + 1) % 2];
+        /* The block's output sums go after its input sums (which it reads first). */
+        float *y_sum_f = pool + (size_t)(b->F + b->T) * b->cin, *y_sum_t = y_sum_f + (size_t)b->Fo * b->cout;
+        block_forward(b, x, sum_f, sum_t, y, y_sum_f, y_sum_t, ring, dw_row, ctx, agg);
+        /* Move the output sums to the front for the next block. */
+        memmove(pool, y_sum_f, sizeof(float) * (size_t)(b->Fo + b->To) * b->cout);
+        sum_f = pool, sum_t = pool + (size_t)b->Fo * b->cout;
+        x = y;
+    }
+    /* Head: 1x1 conv + BN + Hardswish, mean over positions, MLP. */
+    const Block *last = &n->blocks[n->n_blocks - 1];
+    int P = last->Fo * last->To, CH = n->c_head;
+    float *y = act[(n->n_blocks + 1) % 2]; /* x is act[n_blocks % 2] */
+    float *col_f = pool, *col_t = pool + (size_t)last->Fo * CH;
+    memset(pool, 0, sizeof(float) * (size_t)(last->Fo + last->To) * CH);
+    Epi e = {n->outc_scale, n->outc_shift, ACT_HSWISH, NULL, 0, col_f, col_t};
+    gemm(x, last->Fo, last->To, last->To * n->c_last, n->c_last, n->outc_w, CH, y, last->To * CH, &e);
+    for (int c = 0; c < CH; c++) {
+        float s = 0.f;
+        for (int f = 0; f < last->Fo; f++) s += col_f[f * CH + c];
+        emb[c] = s / P;
+    }
+    Epi e1 = {NULL, n->fc1_b, ACT_HSWISH, NULL, 0, NULL, NULL}, e2 = {NULL, n->fc2_b, ACT_NONE, NULL, 0, NULL, NULL};
+    gemm(emb, 1, 1, 0, CH, n->fc1_w, n->hidden, hidden, 0, &e1);
+    gemm(hidden, 1, 1, 0, n->hidden, n->fc2_w, n->classes_padded, logits, 0, &e2);
+    PROF_BLOCK(31);
+    TICK(0);
+    return 0;
+}
+
+#ifdef DYMN_PYMODULE
+/* setuptools builds this file as an extension module; an empty importable module keeps tools that
+   walk the package (pkgutil, pytest) from tripping over it. Python loads the kernels with ctypes. */
+#include <Python.h>
+#define DYMN_STR2(x) #x
+#define DYMN_STR(x) DYMN_STR2(x)
+#define DYMN_INIT2(name) PyInit_##name
+#define DYMN_INIT(name) DYMN_INIT2(name)
+static struct PyModuleDef dymn_module = {PyModuleDef_HEAD_INIT, DYMN_STR(DYMN_PYMODULE),
+                                         "Fused DyMN kernels; runtime/backends/fused.py loads them with ctypes.", -1, NULL};
+PyMODINIT_FUNC DYMN_INIT(DYMN_PYMODULE)(void) { return PyModule_Create(&dymn_module); }
+#endif

@@ -1,0 +1,220 @@
+"""The fused backend (runtime/csrc/fused_dymn.c): parity with PyTorch on the seeded fixtures and the
+trained dymn04_edge, both compiled builds, batches and threads, and every bad input it names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dymn_edge.export.fused import add_fused_weights, fused_arrays, unsupported_reason, write_fused
+from dymn_edge.export.onnx import export_bundle
+from dymn_edge.runtime.audio import load_audio
+from dymn_edge.runtime.backends import create_backend
+from dymn_edge.runtime.backends import fused as fused_module
+from dymn_edge.runtime.backends.fused import FusedBackend, library_variant
+from dymn_edge.runtime.bundle import load_bundle
+from dymn_edge.runtime.errors import BackendUnavailableError, BundleError, ExportError
+from dymn_edge.runtime.frontend import log_mel
+from dymn_edge.runtime.registry import demo_clip_path, embedded_bundle_path
+from dymn_edge.train import create_model
+from dymn_edge.train.checkpoint import load_checkpoint
+from dymn_edge.train.models import DyMNConfig
+from seeded_models import seeded_reference_model
+
+ATOL = 1e-4
+BUILDS = ["avx2", "generic"] if fused_module._cpu_has_avx2_fma() else ["generic"]
+
+
+@pytest.fixture(params=BUILDS)
+def build(request, monkeypatch):
+    """Each compiled variant in turn (the AVX2 build only where the CPU runs it)."""
+    monkeypatch.setenv("DYMN_EDGE_FUSED_BUILD", request.param)
+    monkeypatch.setattr(fused_module, "_LIBRARY", None)
+    assert library_variant()[0] == request.param
+    yield request.param
+    fused_module._LIBRARY = None
+
+
+def _torch_logits(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x))[0].numpy()
+
+
+def test_the_library_was_built_for_this_cpu():
+    variant, path = library_variant()
+    assert path.is_file() and variant == ("avx2" if fused_module._cpu_has_avx2_fma() else "generic")
+
+
+def test_seeded_dymn04_fixture_matches_efficientat(build, fixtures_dir, tmp_path):
+    """The EfficientAT reference logits of the seeded dymn04, all three inputs in one batch; row 2 (real audio)
+    amplifies float32 rounding ~1000x and is the tight one (ONNX exports land at 7e-5 to 1e-4 there too)."""
+    model = load_checkpoint(fixtures_dir / "dymn04_reference_weights.pt").model.eval()
+    reference = np.load(fixtures_dir / "dymn04_reference.npz")
+    backend = FusedBackend(write_fused(model, tmp_path), n_mels=128)
+    got = backend.infer(reference["input"])
+    assert got.shape == (3, 527)
+    assert np.abs(got - reference["logits"]).max() < ATOL
+    assert np.abs(got - _torch_logits(model, reference["input"])).max() < ATOL
+
+
+def test_seeded_dymn10_fixture_matches_pytorch(fixtures_dir, tmp_path):
+    inputs = np.load(fixtures_dir / "dymn10_reference.npz")["input"]
+    model = seeded_reference_model(DyMNConfig(width_mult=1.0), torch.from_numpy(inputs))
+    got = FusedBackend(write_fused(model, tmp_path), n_mels=128, threads=2).infer(inputs)
+    assert np.abs(got - _torch_logits(model, inputs)).max() < ATOL
+
+
+def test_dilated_reduced_tail_dymn_matches_pytorch(tmp_path, rng):
+    """Dilation 2 in the tail takes the generic depthwise path (not the unrolled 3x3/5x5 ones)."""
+    torch.manual_seed(0)
+    model = create_model("dymn04", dilated=True, reduced_tail=True).eval()
+    model.set_temperature(1.0)
+    assert {layer.depth_conv.dilation for layer in model.layers} == {1, 2}
+    x = log_mel(load_audio(demo_clip_path()))[None, None, :, :640].astype(np.float32)
+    got = FusedBackend(write_fused(model, tmp_path), n_mels=128).infer(x)
+    assert np.abs(got - _torch_logits(model, x)).max() < ATOL
+
+
+def test_trained_dymn04_edge_on_real_audio_batches_and_threads(build, shared):
+    """The embedded bundle's fused weights against its ONNX model on real clips of two lengths;
+    a batch split over two threads gives the same rows as one window at a time."""
+    bundle = load_bundle(embedded_bundle_path("dymn04_edge"))
+    onnx = create_backend("onnxruntime", bundle, threads=1)
+    one, two = create_backend("fused", bundle, threads=1), create_backend("fused", bundle, threads=2)
+    clips = [demo_clip_path(), *sorted((shared / "data" / "esc50").glob("*.flac"))[:2]]
+    windows = [log_mel(load_audio(p))[None, None, :, :500].astype(np.float32) for p in clips]
+    for x in windows:
+        assert np.abs(one.infer(x) - onnx.infer(x)).max() < ATOL
+    batch = np.concatenate(windows)
+    singles = np.concatenate([one.infer(x) for x in windows])
+    np.testing.assert_array_equal(two.infer(batch), singles)
+    long = log_mel(load_audio(demo_clip_path()))[None, None].astype(np.float32)  # the 10 s window the tagger feeds
+    assert np.abs(one.infer(long) - onnx.infer(long)).max() < ATOL
+
+
+def test_tag_with_the_fused_backend_runs_without_torch(tmp_path):
+    code = f"""
+import sys, importlib.abc, json
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+from dymn_edge.cli import main
+sys.argv = ["dymn-edge", "tag", "--json", "-m", "dymn04_edge", "--backend", "fused", {str(demo_clip_path())!r}]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+assert "torch" not in sys.modules
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    fused = json.loads(proc.stdout)
+    onnx = json.loads(subprocess.run([sys.executable, "-m", "dymn_edge", "tag", "--json", "-m", "dymn04_edge", str(demo_clip_path())],
+                                     capture_output=True, text=True, cwd=tmp_path, timeout=120, check=True).stdout)
+    assert [t["label"] for t in fused["tags"]] == [t["label"] for t in onnx["tags"]]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(fused["tags"], onnx["tags"])) < 1e-4
+
+
+def test_export_records_fused_parity_and_mn_has_none(mn04_checkpoint, tmp_path):
+    bundle = load_bundle(embedded_bundle_path("dymn04_edge"))
+    record = bundle.manifest["fused"]
+    assert record["included"] and record["max_abs_logit_diff"] < ATOL and bundle.file("fused_weights").name == "model.fused.npz"
+    mn = export_bundle(mn04_checkpoint, tmp_path / "mn", include_checkpoint=False)
+    assert "fused" not in mn.manifest and mn.file("fused_weights") is None
+    with pytest.raises(BundleError, match=r"bundle has no 'fused_weights' file .*fused backend runs DyMN bundles"):
+        create_backend("fused", mn)
+
+
+def test_a_dymn_variant_the_fused_code_lacks_exports_without_it_and_says_why(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("dymn04", no_ca=True).eval()
+    assert unsupported_reason(model) == "the fused code implements the full DyMN block, not no_ca"
+    with pytest.raises(ValueError, match="not no_ca"):
+        fused_arrays(model)
+    checkpoint = tmp_path / "noca.pt"
+    from dymn_edge.train import save_checkpoint
+
+    save_checkpoint(model, checkpoint)
+    bundle = export_bundle(checkpoint, tmp_path / "b", include_checkpoint=False, verify_parity=False)
+    assert bundle.manifest["fused"] == {"included": False, "reason": "the fused code implements the full DyMN block, not no_ca"}
+    with pytest.raises(BundleError, match="this one has none because the fused code implements the full DyMN block, not no_ca"):
+        create_backend("fused", bundle)
+
+
+def test_add_fused_weights_to_an_older_bundle(tmp_path, mn04_checkpoint):
+    dest = tmp_path / "old"
+    shutil.copytree(embedded_bundle_path("dymn04_edge"), dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    del manifest["files"]["model.fused.npz"], manifest["fused"]
+    (dest / "model.fused.npz").unlink()
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="bundle has no 'fused_weights' file"):
+        create_backend("fused", load_bundle(dest))
+    model = load_checkpoint(dest / "model.pt").model
+    bundle = add_fused_weights(dest, model)
+    assert bundle.manifest["fused"]["max_abs_logit_diff"] < ATOL and bundle.manifest["training"] == manifest["training"]
+    assert create_backend("fused", bundle).infer(np.zeros((1, 1, 128, 200), np.float32)).shape == (1, 527)
+    with pytest.raises(ExportError, match="a mn bundle; only DyMN bundles take fused weights"):
+        add_fused_weights(export_bundle(mn04_checkpoint, tmp_path / "mn", include_checkpoint=False).path, model)
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return fused_arrays(load_checkpoint(embedded_bundle_path("dymn04_edge") / "model.pt").model.eval())
+
+
+def _save(arrays, tmp_path):
+    path = tmp_path / "w.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a.update({"layout_version": np.array([7], np.int32)}), r"fused weight layout 7; this dymn-edge reads layout 1"),
+        (lambda a: a.pop("b3/proj_w"), r"fused weights lack 'b3/proj_w'"),
+        (lambda a: a.update({"b2/dw_w": a["b2/dw_w"][:, :, :, :8]}), r"fused weight 'b2/dw_w' has shape \(4, 3, 3, 8\), expected \(4, 3, 3, 32\)"),
+        (lambda a: a.update({"b5/meta": a["b5/meta"] * np.array([1, 1, 1, 5, 1, 1, 1, 1, 1, 1, 1, 1], np.int32)}),
+         r"block 5 has kernel 25 and 4 dynamic kernels; the fused code takes at most 16 and 8"),
+        (lambda a: a.update({"head/meta": a["head/meta"] + np.array([8, 0, 0, 0], np.int32)}),
+         r"the head takes 72 channels but the last block gives 64"),
+    ],
+)
+def test_broken_fused_weights_are_named(weights, tmp_path, edit, message):
+    edit(weights)
+    with pytest.raises(BundleError, match=message):
+        FusedBackend(_save(weights, tmp_path), n_mels=128)
+
+
+def test_unreadable_weights_and_wrong_inputs(weights, tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(BundleError, match=r"junk\.npz: cannot read the fused weights"):
+        FusedBackend(junk, n_mels=128)
+    backend = FusedBackend(_save(weights, tmp_path), n_mels=128)
+    for bad in (np.zeros((1, 1, 64, 100), np.float32), np.zeros((1, 128, 100), np.float32), np.zeros((1, 2, 128, 100), np.float32)):
+        with pytest.raises(BundleError, match=r"expects \(batch, 1, 128, frames\) features, got"):
+            backend.infer(bad)
+    nan = np.zeros((1, 1, 128, 100), np.float32)
+    nan[0, 0, 3, 4] = np.nan
+    with pytest.raises(BundleError, match="features hold NaN or inf"):
+        backend.infer(nan)
+
+
+def test_missing_library_and_bad_build_choice(monkeypatch):
+    monkeypatch.setattr(fused_module, "_LIBRARY", None)
+    monkeypatch.setattr(fused_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BackendUnavailableError, match="fused backend's C library was not built .*needs a C compiler"):
+        library_variant()
+    monkeypatch.setenv("DYMN_EDGE_FUSED_BUILD", "avx512")
+    with pytest.raises(BackendUnavailableError, match="DYMN_EDGE_FUSED_BUILD='avx512'; expected avx2 or generic"):
+        library_variant()

@@ -168,7 +168,7 @@ class _Plan:
 
     def __init__(self, lib: C.CDLL, w: _Weights, n_mels: int, frames: int) -> None:
         a = w.arrays
-        ptr = lambda key: a[key].ctypes.data_as(_FP)  # noqa: E731  (the arrays outlive the plan)
+        ptr = lambda key: a[key].ctypes.data_as(_FP)  # noqa: E731
         blocks = (_Block * w.n_blocks)()
         F, T = (n_mels + 1) // 2, (frames + 1) // 2  # after the 3x3 stride-2 stem
         for i, (b, meta) in enumerate(zip(blocks, w.blocks)):
@@ -189,7 +189,8 @@ class _Plan:
             setattr(net, name, ptr(f"head/{name}"))
         self.work = np.zeros(lib.dymn_workspace_floats(C.byref(net)), np.float32)
         net.work = self.work.ctypes.data_as(_FP)
-        self.lib, self.net, self.blocks, self.classes = lib, net, blocks, w.classes
+        # The structs point into w's arrays: hold w, or a plan outliving its weights would read freed memory.
+        self.lib, self.net, self.blocks, self.classes, self.weights = lib, net, blocks, w.classes, w
         self.logits = np.zeros(net.classes_padded, np.float32)
 
     def run(self, window: np.ndarray) -> np.ndarray:

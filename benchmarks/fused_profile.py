@@ -1,4 +1,4 @@
-"""Where the fused backend spends a window: per block, context / kernel aggregation / rows (ms).
+"""Where the fused backend spends a window: per block, context / kernels + expansion / depthwise / projection (ms).
 
 Builds runtime/csrc/fused_dymn.c with -DPROFILE (timers around each phase) into a temporary
 folder and runs a bundle's fused weights on the demo clip's 10 s log-mel, one thread.
@@ -55,12 +55,12 @@ def main() -> None:
         total = (time.perf_counter() - start) / args.runs * 1e3
         ms = np.array(prof[:]).reshape(32, 4) / args.runs * 1e3
     print(f"{bundle.name}: {total:.2f} ms per window ({args.flags}); stem {ms[30, 0]:.3f} ms, head {ms[31, 0]:.3f} ms")
-    print(f"{'block':>5} {'F x T in':>10} {'cin/cexp/cout':>14} {'k/s':>4} {'context':>8} {'kernels':>8} {'rows':>8}")
+    print(f"{'block':>5} {'F x T in':>10} {'cin/cexp/cout':>14} {'k/s':>4} {'context':>8} {'expand':>8} {'dw':>8} {'project':>8}")
     for i, b in enumerate(plan.blocks):
         print(f"{i:>5} {f'{b.F}x{b.T}':>10} {f'{b.cin}/{b.cexp}/{b.cout}':>14} {f'{b.k}/{b.stride}':>4} "
-              f"{ms[i, 0]:8.3f} {ms[i, 1]:8.3f} {ms[i, 2]:8.3f}")
-    sums = ms[: len(plan.blocks), :3].sum(axis=0)
-    print(f"{'all':>5} {'':>10} {'':>14} {'':>4} {sums[0]:8.3f} {sums[1]:8.3f} {sums[2]:8.3f}")
+              + " ".join(f"{v:8.3f}" for v in ms[i]))
+    sums = ms[: len(plan.blocks)].sum(axis=0)
+    print(f"{'all':>5} {'':>10} {'':>14} {'':>4} " + " ".join(f"{v:8.3f}" for v in sums))
 
 
 if __name__ == "__main__":

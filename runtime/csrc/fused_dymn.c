@@ -36,7 +36,7 @@ static inline v8 vselect(v8i m, v8 a, v8 b) { return (v8)(((v8i)a & m) | ((v8i)b
 static inline v8 vmax(v8 a, v8 b) { return vselect(a > b, a, b); }
 static inline v8 vmin(v8 a, v8 b) { return vselect(a < b, a, b); }
 
-#ifdef PROFILE /* keep the phases apart in perf, and time them: dymn_prof[block][context, kernels, rows] */
+#ifdef PROFILE /* keep the phases apart in perf, and time them: dymn_prof[block][context, kernels + expansion, depthwise, projection] */
 #include <time.h>
 #define PHASE __attribute__((noinline))
 double dymn_prof[32][4];
@@ -269,31 +269,42 @@ static inline __attribute__((always_inline)) void depthwise_row(
     const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
     const float *gate_f, const float *gate_t, float *o, int fo, int KS, int S) {
     int C = b->cexp, d = b->dil;
-    for (int c = 0; c < C; c += VL) {
-        v8 wv[KS * KS];
-        for (int i = 0; i < KS * KS; i++) wv[i] = ld(w + i * C + c);
-        v8 bi = ld(bias + c), a1 = ld(coef + c), a2 = ld(coef + C + c), b1 = ld(coef + 2 * C + c), b2 = ld(coef + 3 * C + c);
-        v8 gf = ld(gate_f + fo * C + c);
-        int to = 0;
-        for (; to + 4 <= b->To; to += 4) { /* four outputs share each weight load */
+    ptrdiff_t SC = (ptrdiff_t)S * C, dC = (ptrdiff_t)d * C;
+    const float *gf_row = gate_f + (size_t)fo * C;
+    int to = 0;
+    /* Four outputs at a time, every channel group before the next four: the input rows are read
+       from L2 once, and the k*k weights of a group come from L1. */
+    for (; to + 4 <= b->To; to += 4) {
+        for (int c = 0; c < C; c += VL) {
+            v8 bi = ld(bias + c);
             v8 acc[4] = {bi, bi, bi, bi};
-            for (int i = 0; i < KS; i++)
-                for (int j = 0; j < KS; j++) {
-                    const float *tap = in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c;
-                    v8 wij = wv[i * KS + j];
-                    for (int q = 0; q < 4; q++) acc[q] += ld(tap + (size_t)q * S * C) * wij;
+            const float *wp = w + c;
+            for (int i = 0; i < KS; i++) {
+                /* Pointers stepped tap by tap: with all k*k offsets precomputed, GCC spilled them to the stack. */
+                const float *tap = in_rows[i] + (size_t)to * SC + c;
+                for (int j = 0; j < KS; j++, tap += dC, wp += C) {
+                    v8 wij = ld(wp);
+                    acc[0] += ld(tap) * wij;
+                    acc[1] += ld(tap + SC) * wij;
+                    acc[2] += ld(tap + 2 * SC) * wij;
+                    acc[3] += ld(tap + 3 * SC) * wij;
                 }
+            }
+            v8 a1 = ld(coef + c), a2 = ld(coef + C + c), b1 = ld(coef + 2 * C + c), b2 = ld(coef + 3 * C + c);
+            v8 gf = ld(gf_row + c);
             for (int q = 0; q < 4; q++) {
                 v8 y = vmax(acc[q] * a1 + b1, acc[q] * a2 + b2);
                 st(o + (size_t)(to + q) * C + c, y * gf * ld(gate_t + (to + q) * C + c));
             }
         }
-        for (; to < b->To; to++) {
-            v8 acc = bi;
+    }
+    for (; to < b->To; to++) {
+        for (int c = 0; c < C; c += VL) {
+            v8 acc = ld(bias + c);
             for (int i = 0; i < KS; i++)
-                for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * wv[i * KS + j];
-            v8 y = vmax(acc * a1 + b1, acc * a2 + b2);
-            st(o + (size_t)to * C + c, y * gf * ld(gate_t + to * C + c));
+                for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * ld(w + (i * KS + j) * C + c);
+            v8 y = vmax(acc * ld(coef + c) + ld(coef + 2 * C + c), acc * ld(coef + C + c) + ld(coef + 3 * C + c));
+            st(o + (size_t)to * C + c, y * ld(gf_row + c) * ld(gate_t + to * C + c));
         }
     }
 }
@@ -381,12 +392,14 @@ static void block_forward(const Block *b, const float *x, const float *sum_f, co
             }
             in_rows[i] = ring + (size_t)(r % span) * row_floats;
         }
+        TICK(1);
         depthwise(b, in_rows, w_dw, b->dw_shift, coef, gate_f, gate_t, dw_row, fo);
+        TICK(2);
         Epi e = {NULL, b->proj_shift, ACT_NONE, b->residual ? x + (size_t)fo * T * b->cout : NULL, 0,
                  y_sum_f + (size_t)fo * b->cout, y_sum_t};
         gemm(dw_row, 1, b->To, 0, C, w_proj, b->cout, y + (size_t)fo * b->To * b->cout, 0, &e);
+        TICK(3);
     }
-    TICK(2);
 }
 
 /* input: (F, T) log-mel of one window; logits: (classes_padded). Returns 0. */

@@ -61,6 +61,13 @@ def _tensorrt() -> dict[str, Any]:
     return {"version": trt.__version__, "api": api_generation(trt.__version__)}
 
 
+def _fused() -> dict[str, Any]:
+    from dymn_edge.runtime.backends.fused import library_variant
+
+    variant, path = library_variant()
+    return {"build": variant, "library": path.name}
+
+
 def _cuda() -> dict[str, Any]:
     from dymn_edge.runtime.cuda import cuda_device
 
@@ -76,7 +83,7 @@ def _audio_inputs() -> dict[str, Any]:
 def probe_components() -> dict[str, dict[str, Any]]:
     """Each backend and device: ``{"available": bool, ...details or "reason"}``."""
     return {"onnxruntime": _probe(_onnxruntime), "openvino": _probe(_openvino), "tensorrt": _probe(_tensorrt),
-            "cuda": _probe(_cuda), "audio_inputs": _probe(_audio_inputs)}
+            "fused": _probe(_fused), "cuda": _probe(_cuda), "audio_inputs": _probe(_audio_inputs)}
 
 
 def _candidates(components: dict[str, dict[str, Any]], bundle) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -98,6 +105,8 @@ def _candidates(components: dict[str, dict[str, Any]], bundle) -> list[tuple[str
             out.append(("onnxruntime", device, ort_provider(provider)))
     for device in components["openvino"].get("devices", []):
         out.append(("openvino", device, lambda d=device: create_backend("openvino", bundle, device=d)))
+    if components["fused"]["available"] and bundle.file("fused_weights") is not None:
+        out.append(("fused", "CPU", lambda: create_backend("fused", bundle)))
     if components["tensorrt"]["available"]:
         out.append(("tensorrt", (components["cuda"].get("device") or {}).get("name", "CUDA"), lambda: create_backend("tensorrt", bundle)))
     return out

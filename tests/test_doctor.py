@@ -25,7 +25,8 @@ def test_components_of_this_machine(monkeypatch):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     components = report["components"]
-    assert set(components) == {"onnxruntime", "openvino", "tensorrt", "cuda", "audio_inputs"}
+    assert set(components) == {"onnxruntime", "openvino", "tensorrt", "fused", "cuda", "audio_inputs"}
+    assert components["fused"]["available"] and components["fused"]["build"] in ("avx2", "generic")
     assert components["onnxruntime"]["available"] and "CPUExecutionProvider" in components["onnxruntime"]["providers"]
     assert components["tensorrt"] == {"available": False, "reason": components["tensorrt"]["reason"]}
     assert components["tensorrt"]["reason"].startswith("TensorRT is not installed: on a Jetson it comes with JetPack")
@@ -71,3 +72,11 @@ def test_tables_show_install_hints_verbatim(monkeypatch):
 @pytest.mark.parametrize("args", [["--nope"], ["/no/such/bundle"]])
 def test_bad_arguments_exit_2(args):
     assert _doctor(*args).exit_code == 2
+
+
+def test_a_dymn_bundle_runs_on_the_fused_backend_too():
+    result = _doctor(str(embedded_bundle_path("dymn04_edge")), "--json")
+    assert result.exit_code == 0, result.output
+    runs = {(r["backend"], r["device"]): r for r in json.loads(result.output)["runs"]}
+    fused = runs[("fused", "CPU")]
+    assert fused["status"] == "ok" and fused["max_abs_logit_diff"] < 1e-4 and fused["ms"] > 0

@@ -18,6 +18,8 @@ import ctypes as C
 import importlib.util
 import logging
 import os
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -209,11 +211,19 @@ class FusedBackend:
         self.max_batch = None
         self.input_shape: list[int | None] = [None, 1, n_mels, None]
         self.output_shape: list[int | None] = [None, self.weights.classes]
-        self._plans: dict[tuple[int, int], list[_Plan]] = {}  # one per worker thread and input size
+        # Plans (structs + workspace) per input length, one per worker thread. A stream's growing
+        # windows bring a new length each hop until the window is full: keep the recent few.
+        self._plans: OrderedDict[int, list[_Plan]] = OrderedDict()
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._lock = threading.Lock()  # plans own their workspaces: one infer at a time
+
+    MAX_PLANS = 4
 
     def _plans_for(self, frames: int, count: int) -> list[_Plan]:
-        plans = self._plans.setdefault((self.n_mels, frames), [])
+        plans = self._plans.setdefault(frames, [])
+        self._plans.move_to_end(frames)
+        while len(self._plans) > self.MAX_PLANS:
+            self._plans.popitem(last=False)
         while len(plans) < count:
             plans.append(_Plan(self.lib, self.weights, self.n_mels, frames))
         return plans
@@ -225,9 +235,10 @@ class FusedBackend:
         if not np.isfinite(features).all():
             raise BundleError(f"{self.weights.path}: features hold NaN or inf")
         batch, workers = features.shape[0], min(self.threads, features.shape[0])
-        plans = self._plans_for(features.shape[3], workers)
-        if workers == 1:
-            return np.stack([plans[0].run(features[i, 0]) for i in range(batch)])
-        chunks = np.array_split(np.arange(batch), workers)
-        parts = self._pool.map(lambda job: [job[0].run(features[i, 0]) for i in job[1]], zip(plans, chunks))
-        return np.stack([row for part in parts for row in part])
+        with self._lock:
+            plans = self._plans_for(features.shape[3], workers)
+            if workers == 1:
+                return np.stack([plans[0].run(features[i, 0]) for i in range(batch)])
+            chunks = np.array_split(np.arange(batch), workers)
+            parts = self._pool.map(lambda job: [job[0].run(features[i, 0]) for i in job[1]], zip(plans, chunks))
+            return np.stack([row for part in parts for row in part])

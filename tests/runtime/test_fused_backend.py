@@ -218,3 +218,21 @@ def test_missing_library_and_bad_build_choice(monkeypatch):
     monkeypatch.setenv("DYMN_EDGE_FUSED_BUILD", "avx512")
     with pytest.raises(BackendUnavailableError, match="DYMN_EDGE_FUSED_BUILD='avx512'; expected avx2 or generic"):
         library_variant()
+
+
+def test_growing_windows_keep_a_few_plans_and_concurrent_calls_agree():
+    """A stream's windows grow hop by hop: the backend keeps plans for the recent lengths only, and
+    calls from several threads at once (a listener and a file tagger sharing it) give each its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = create_backend("fused", load_bundle(embedded_bundle_path("dymn04_edge")))
+    mel = log_mel(load_audio(demo_clip_path()))[None, None].astype(np.float32)
+    for frames in range(100, 1001, 100):
+        backend.infer(mel[..., :frames])
+    assert list(backend._plans) == [700, 800, 900, 1000]
+    inputs = [mel[..., :frames] for frames in (300, 1000, 500, 1000, 300, 800)]
+    alone = [backend.infer(x) for x in inputs]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(backend.infer, inputs))
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)

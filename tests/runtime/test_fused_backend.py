@@ -236,3 +236,20 @@ def test_growing_windows_keep_a_few_plans_and_concurrent_calls_agree():
         together = list(pool.map(backend.infer, inputs))
     for a, b in zip(alone, together):
         np.testing.assert_array_equal(a, b)
+
+
+def test_listen_with_the_fused_backend_finds_the_same_events(shared, tmp_path):
+    """`dymn-edge listen` on the ESC-50 mixture (2 s windows, 0.5 s hop): the same events, onsets and
+    offsets as ONNX Runtime."""
+    mixture = shared / "data" / "mixture" / "esc50_mixture_40s.flac"
+
+    def events(backend):
+        proc = subprocess.run([sys.executable, "-m", "dymn_edge", "listen", str(embedded_bundle_path("dymn04_edge")), "--input", str(mixture),
+                               "--backend", backend, "--jsonl", "-"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        rows = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert sum(r["type"] == "scores" for r in rows) == 80
+        return [(r["label"], r["onset"], r["offset"]) for r in rows if r["type"] == "event"]
+
+    fused = events("fused")
+    assert len(fused) > 100 and fused == events("onnxruntime")

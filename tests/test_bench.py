@@ -31,10 +31,13 @@ def test_bench_json_on_the_embedded_bundle(tmp_path):
 
 
 def test_bench_exports_each_dymn_strategy_against_the_naive_and_grouped_baselines(tmp_path, fixtures_dir):
-    proc = _bench(fixtures_dir / "dymn04_reference_weights.pt", "--backend", "onnxruntime", "--strategy", "matmul",
+    proc = _bench(fixtures_dir / "dymn04_reference_weights.pt", "--backend", "onnxruntime,fused", "--strategy", "matmul",
                   "--window", "2", "--rounds", "1", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    rows = {r["strategy"]: r for r in json.loads(proc.stdout)["results"]}
+    results = json.loads(proc.stdout)["results"]
+    fused = [r for r in results if r["backend"] == "fused"]  # once, from the grouped export's fused weights
+    assert [(r["strategy"], r["speedup_vs_naive"], r["torch_loaded"]) for r in fused] == [("fused", None, False)]
+    rows = {r["strategy"]: r for r in results if r["backend"] == "onnxruntime"}
     assert set(rows) == {"naive", "grouped", "matmul"}  # both baselines are always measured
     assert rows["naive"]["speedup_vs_naive"] == 1.0 and rows["grouped"]["speedup_vs_grouped"] == 1.0
     for row in rows.values():
@@ -47,5 +50,7 @@ def test_bench_bad_input(tmp_path):
     assert proc.returncode == 2 and "expected a comma-separated subset of torch, onnxruntime, openvino" in proc.stderr
     proc = _bench("mn04_as", "--threads", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "thread counts must be >= 1" in proc.stderr
+    proc = _bench("mn04_as", "--backend", "fused", cwd=tmp_path)  # MobileNetV3 has no fused implementation
+    assert proc.returncode == 1 and "nothing to benchmark: no candidate for these models and backends" in proc.stderr
     proc = _bench("no_such_model", cwd=tmp_path)
     assert proc.returncode == 1 and "unknown model 'no_such_model'" in proc.stderr

@@ -147,8 +147,9 @@ def calibrate_bundle(
                                  "implicit": "model.fp32.onnx + calibration.cache (TensorRT 8.5 INT8 calibrator)",
                                  "cache_header": header, "cache_tensors": len(scales)}
         # The FP32 bundle's per-backend strategy choice does not describe this model: one strategy was quantized.
+        # Nor do its fused weights, which stay behind (the fused backend runs FP32).
         metadata = {k: v for k, v in bundle.manifest.items()
-                    if k not in ("format", "format_version", "files", "lint", "openvino", "parity", "strategy_choice")}
+                    if k not in ("format", "format_version", "files", "lint", "openvino", "parity", "strategy_choice", "fused")}
         metadata["precision"] = "int8"
         if bundle.family == "dymn":
             metadata["export_strategy"] = strategy

@@ -326,7 +326,8 @@ def build_tensorrt_bundle(
         "producer": f"dymn-edge {__version__}",
     }
     files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items() if entry["role"] in _KEPT_ROLES}
-    metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files")}
+    # The engine bundle leaves the fused backend's weights behind, so their record goes too.
+    metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files", "fused")}
     metadata.update(precision=precision, tensorrt=record)
     with tempfile.TemporaryDirectory() as tmp:
         engine_file = Path(tmp) / ENGINE_NAME

@@ -157,6 +157,7 @@ def test_calibration_quantizes_the_strategy_auto_chose_for_int8(fixtures_dir, sh
     assert reduce_sums(out.require("onnx")) == reduce_sums(bundle.file("onnx_int8"))
     assert out.export_strategy == "expanded" and out.manifest["quantization"]["export_strategy"] == "expanded"
     assert "strategy_choice" not in out.manifest  # the FP32 per-backend choice does not describe the INT8 model
+    assert bundle.file("fused_weights") is not None and out.file("fused_weights") is None and "fused" not in out.manifest
 
     # Sensitivity ranks the parts of that same graph: record what it would quantize, then refuse.
     from dymn_edge.calibration import calibrate as calibrate_module

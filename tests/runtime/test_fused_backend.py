@@ -253,3 +253,16 @@ def test_listen_with_the_fused_backend_finds_the_same_events(shared, tmp_path):
 
     fused = events("fused")
     assert len(fused) > 100 and fused == events("onnxruntime")
+
+
+def test_openvino_ir_bundles_keep_fused_weights_only_in_fp32(tmp_path):
+    pytest.importorskip("openvino", reason='OpenVINO not installed (pip install "dymn-edge[openvino]")')
+    from dymn_edge.export.openvino import export_openvino
+
+    source = load_bundle(embedded_bundle_path("dymn04_edge"))
+    fp32 = export_openvino(source, tmp_path / "ov32")
+    assert fp32.manifest["fused"] == source.manifest["fused"] and fp32.file("fused_weights") is not None
+    x = log_mel(load_audio(demo_clip_path()))[None, None].astype(np.float32)
+    np.testing.assert_array_equal(create_backend("fused", fp32).infer(x), create_backend("fused", source).infer(x))
+    fp16 = export_openvino(source, tmp_path / "ov16", fp16=True)
+    assert "fused" not in fp16.manifest and fp16.file("fused_weights") is None

@@ -57,7 +57,7 @@ FUSED_SOURCES = ["runtime/csrc/fused_dymn.c"]
 
 def _fused(name: str, flags: list[str]) -> Extension:
     return Extension(f"dymn_edge.runtime.{name}", FUSED_SOURCES, define_macros=[("DYMN_PYMODULE", name)],
-                     extra_compile_args=["-O3", "-fno-wrapv", *flags], libraries=["m"], optional=True)
+                     extra_compile_args=["-O3", "-fno-wrapv", "-pthread", *flags], extra_link_args=["-pthread"], libraries=["m"], optional=True)
 
 
 ext_modules = [_fused("_fused_dymn", [])]

@@ -8,8 +8,8 @@ and projection row by row. Weights come from the bundle's ``model.fused.npz``, w
 export onnx`` writes for DyMN models. Needs numpy only; the C library is compiled at install time
 (a generic build, plus an AVX2/FMA build on x86-64 that is used when the CPU has both).
 
-One window runs on one thread; ``threads`` > 1 runs the windows of a batch in parallel
-(ctypes releases the GIL during each call).
+``threads`` > 1 splits each block's output rows between that many threads (at most 8); the
+context and kernel aggregation of a block, the stem and the classifier stay on one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ LAYOUT_VERSION = 1
 # Per-block integers in "b{i}/meta", in this order (export/fused.py writes them).
 BLOCK_META = ("cin", "cexp", "cout", "k", "stride", "dil", "pad", "H", "K", "residual", "exp_act", "has_exp")
 MAX_KERNEL, MAX_K = 16, 8  # the C code's fixed limits: depthwise rows per output row, kernels per dynamic conv
+MAX_THREADS = 8  # MAX_THREADS in fused_dymn.c
 
 _FP = C.POINTER(C.c_float)
 _BLOCK_ARRAYS = (
@@ -50,7 +50,7 @@ class _Block(C.Structure):
 
 
 class _Net(C.Structure):
-    _fields_ = [(n, C.c_int) for n in "F T C0 n_blocks c_last c_head hidden classes_padded".split()] + [
+    _fields_ = [(n, C.c_int) for n in "F T C0 n_blocks c_last c_head hidden classes_padded threads".split()] + [
         ("stem_w", _FP), ("stem_scale", _FP), ("stem_shift", _FP), ("blocks", C.POINTER(_Block))] + [
         (n, _FP) for n in (*_HEAD_ARRAYS, "work")]
 
@@ -168,7 +168,7 @@ class _Weights:
 class _Plan:
     """The C structs for one input size: block dims, pointers into the weights, and a workspace."""
 
-    def __init__(self, lib: C.CDLL, w: _Weights, n_mels: int, frames: int) -> None:
+    def __init__(self, lib: C.CDLL, w: _Weights, n_mels: int, frames: int, threads: int = 1) -> None:
         a = w.arrays
         ptr = lambda key: a[key].ctypes.data_as(_FP)  # noqa: E731
         blocks = (_Block * w.n_blocks)()
@@ -184,7 +184,7 @@ class _Plan:
                     setattr(b, name, ptr(f"b{i}/{name}"))
             F, T = b.Fo, b.To
         net = _Net(F=n_mels, T=frames, C0=w.c0, n_blocks=w.n_blocks, c_last=w.c_last, c_head=w.c_head, hidden=w.hidden,
-                   classes_padded=(w.classes + 7) // 8 * 8)
+                   classes_padded=(w.classes + 7) // 8 * 8, threads=threads)
         net.stem_w, net.stem_scale, net.stem_shift = ptr("stem/w"), ptr("stem/scale"), ptr("stem/shift")
         net.blocks = blocks
         for name in _HEAD_ARRAYS:
@@ -207,26 +207,24 @@ class FusedBackend:
         self.lib = _library()
         self.weights = _Weights(Path(weights_path))
         self.n_mels = n_mels
-        self.threads = max(1, threads or 1)
+        self.threads = min(max(1, threads or 1), MAX_THREADS)
         self.max_batch = None
         self.input_shape: list[int | None] = [None, 1, n_mels, None]
         self.output_shape: list[int | None] = [None, self.weights.classes]
-        # Plans (structs + workspace) per input length, one per worker thread. A stream's growing
-        # windows bring a new length each hop until the window is full: keep the recent few.
-        self._plans: OrderedDict[int, list[_Plan]] = OrderedDict()
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        # Plans (structs + workspace) per input length. A stream's growing windows bring a new
+        # length each hop until the window is full: keep the recent few.
+        self._plans: OrderedDict[int, _Plan] = OrderedDict()
         self._lock = threading.Lock()  # plans own their workspaces: one infer at a time
 
     MAX_PLANS = 4
 
-    def _plans_for(self, frames: int, count: int) -> list[_Plan]:
-        plans = self._plans.setdefault(frames, [])
+    def _plan_for(self, frames: int) -> _Plan:
+        if frames not in self._plans:
+            self._plans[frames] = _Plan(self.lib, self.weights, self.n_mels, frames, self.threads)
         self._plans.move_to_end(frames)
         while len(self._plans) > self.MAX_PLANS:
             self._plans.popitem(last=False)
-        while len(plans) < count:
-            plans.append(_Plan(self.lib, self.weights, self.n_mels, frames))
-        return plans
+        return self._plans[frames]
 
     def infer(self, features: np.ndarray) -> np.ndarray:
         features = np.ascontiguousarray(features, dtype=np.float32)
@@ -234,11 +232,6 @@ class FusedBackend:
             raise BundleError(f"{self.weights.path}: the fused backend expects (batch, 1, {self.n_mels}, frames) features, got {features.shape}")
         if not np.isfinite(features).all():
             raise BundleError(f"{self.weights.path}: features hold NaN or inf")
-        batch, workers = features.shape[0], min(self.threads, features.shape[0])
         with self._lock:
-            plans = self._plans_for(features.shape[3], workers)
-            if workers == 1:
-                return np.stack([plans[0].run(features[i, 0]) for i in range(batch)])
-            chunks = np.array_split(np.arange(batch), workers)
-            parts = self._pool.map(lambda job: [job[0].run(features[i, 0]) for i in job[1]], zip(plans, chunks))
-            return np.stack([row for part in parts for row in part])
+            plan = self._plan_for(features.shape[3])
+            return np.stack([plan.run(features[i, 0]) for i in range(features.shape[0])])

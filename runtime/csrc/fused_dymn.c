@@ -21,6 +21,7 @@
    Profiling build: -DPROFILE times context / kernels / rows per block into dymn_prof. */
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,8 +182,11 @@ typedef struct {
     const float *cf_w, *cf_b, *ct_w, *ct_b; /* (H, cexp), (cexp) */
 } Block;
 
+#define MAX_THREADS 8
+
 typedef struct {
     int F, T, C0, n_blocks, c_last, c_head, hidden, classes_padded;
+    int threads;                            /* 1..MAX_THREADS: the output rows of each block are split between them */
     const float *stem_w;                    /* (3, 3, C0): 3x3 stride-2 convolution of the 1-channel input */
     const float *stem_scale, *stem_shift;
     const Block *blocks;
@@ -195,10 +199,10 @@ typedef struct {
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
 /* Scratch layout (floats): two activation buffers, the ring of padded expansion rows, one depthwise output row, and small context buffers. */
-typedef struct { size_t act, pad, dw, pool, ctx, agg; } Sizes;
+typedef struct { size_t act, pad, dw, pool, ctx, agg, rowsum; } Sizes;
 
 static Sizes sizes(const Net *n) {
-    Sizes s = {(size_t)((n->F + 1) / 2) * ((n->T + 1) / 2) * n->C0, 0, 0, 0, 0, 0};
+    Sizes s = {(size_t)((n->F + 1) / 2) * ((n->T + 1) / 2) * n->C0, 0, 0, 0, 0, 0, 0};
     for (int i = 0; i < n->n_blocks; i++) {
         const Block *b = &n->blocks[i];
         s.act = max_sz(s.act, (size_t)b->Fo * b->To * b->cout);
@@ -207,6 +211,7 @@ static Sizes sizes(const Net *n) {
         s.pool = max_sz(s.pool, (size_t)(b->F + b->T) * b->cin + (size_t)(b->Fo + b->To) * b->cout);
         s.ctx = max_sz(s.ctx, (size_t)(b->F + b->T) * (b->cin + 2 * b->H) + (size_t)(b->Fo + b->To) * b->cexp + 8 * (size_t)b->cexp + b->H + 16);
         s.agg = max_sz(s.agg, (size_t)b->cin * b->cexp + (size_t)b->k * b->k * b->cexp + (size_t)b->cexp * b->cout + 4 * (size_t)b->cexp);
+        s.rowsum = max_sz(s.rowsum, (size_t)b->To * b->cout);
     }
     const Block *last = &n->blocks[n->n_blocks - 1];
     s.act = max_sz(s.act, (size_t)last->Fo * last->To * n->c_head);
@@ -216,7 +221,8 @@ static Sizes sizes(const Net *n) {
 
 size_t dymn_workspace_floats(const Net *n) {
     Sizes s = sizes(n);
-    return 2 * s.act + s.pad + s.dw + s.pool + s.ctx + s.agg + n->c_head + n->hidden + 64;
+    size_t extra = (size_t)(n->threads > 1 ? n->threads - 1 : 0) * (s.pad + s.dw + s.rowsum); /* each helper's own rows */
+    return 2 * s.act + s.pad + s.dw + s.pool + s.ctx + s.agg + n->c_head + n->hidden + 64 + extra;
 }
 
 PHASE static void softmax_attention(const float *w, const float *b, const float *h, int H, int K, float inv_temp, float *a) {
@@ -318,8 +324,17 @@ PHASE static void depthwise(const Block *b, const float *const *in_rows, const f
     else depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, b->k, b->stride);
 }
 
-static void block_forward(const Block *b, const float *x, const float *sum_f, const float *sum_t, float *y,
-                          float *y_sum_f, float *y_sum_t, float *ring, float *dw_row, float *ctx, float *agg) {
+/* What one block's rows need once the context and kernels are known. */
+typedef struct {
+    const Block *b;
+    const float *x;
+    float *y, *y_sum_f;
+    const float *w_exp, *w_dw, *w_proj, *coef, *gate_f, *gate_t;
+} RowJob;
+
+/* Context, Dy-ReLU coefficients, gates and the three aggregated kernels of block b (one thread). */
+static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, const float *sum_t, float *y,
+                            float *y_sum_f, float *ctx, float *agg) {
     int F = b->F, T = b->T, H = b->H, C = b->cexp, K = b->K;
     /* Context: means over time (F rows) and over frequency (T rows), one shared 1x1 conv + BN + Hardswish. */
     float *rows = ctx, *joint = rows + (size_t)(F + T) * b->cin, *pooled = joint + (size_t)(F + T) * H;
@@ -365,9 +380,20 @@ static void block_forward(const Block *b, const float *x, const float *sum_f, co
     softmax_attention(b->proj_att_w, b->proj_att_b, h, H, K, b->inv_temp, att);
     aggregate(b->proj_w, att, K, C, b->cout, b->proj_scale, w_proj);
     TICK(1);
-    /* Row by row: the expansion rows a depthwise output row needs live in a ring of `span` padded
-       rows (plus one row of zeros for the frequency padding), so expansion, depthwise and
-       projection of a row happen while its data is still in L2. */
+    memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
+    RowJob job = {b, x, y, y_sum_f, w_exp, w_dw, w_proj, coef, gate_f, gate_t};
+    return job;
+}
+
+/* Output rows [lo, hi) of a prepared block. The expansion rows a depthwise output row needs live in
+   a ring of `span` padded rows (plus one row of zeros for the frequency padding), so expansion,
+   depthwise and projection of a row happen while its data is still in L2. Each thread has its own
+   ring, dw_row and time sums (sum_t, zeroed here); the frequency sums are per row, so threads
+   write disjoint parts of y_sum_f. */
+static void block_rows(const RowJob *j, int lo, int hi, float *ring, float *dw_row, float *sum_t) {
+    const Block *b = j->b;
+    const float *x = j->x;
+    int F = b->F, T = b->T, C = b->cexp;
     int pad = b->pad, Tp = T + 2 * pad, span = (b->k - 1) * b->dil + 1;
     size_t row_floats = (size_t)Tp * C;
     float *zero_row = ring + span * row_floats;
@@ -376,29 +402,62 @@ static void block_forward(const Block *b, const float *x, const float *sum_f, co
         memset(ring + r * row_floats, 0, sizeof(float) * pad * C);
         memset(ring + r * row_floats + (size_t)(T + pad) * C, 0, sizeof(float) * pad * C);
     }
-    memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
-    memset(y_sum_t, 0, sizeof(float) * b->To * b->cout);
+    memset(sum_t, 0, sizeof(float) * b->To * b->cout);
     Epi e_exp = {NULL, b->exp_shift, b->exp_act, NULL, 0, NULL, NULL};
-    int next = 0; /* the next expansion row to compute */
-    for (int fo = 0; fo < b->Fo; fo++) {
+    int first = lo * b->stride - pad;
+    int next = first > 0 ? first : 0; /* the next expansion row to compute */
+    for (int fo = lo; fo < hi; fo++) {
         const float *in_rows[16];
         for (int i = 0; i < b->k; i++) {
             int r = fo * b->stride - pad + i * b->dil;
             if (r < 0 || r >= F) { in_rows[i] = zero_row; continue; }
             for (; next <= r; next++) {
                 float *slot = ring + (size_t)(next % span) * row_floats + (size_t)pad * C;
-                if (b->has_exp) gemm(x + (size_t)next * T * b->cin, 1, T, 0, b->cin, w_exp, C, slot, 0, &e_exp);
+                if (b->has_exp) gemm(x + (size_t)next * T * b->cin, 1, T, 0, b->cin, j->w_exp, C, slot, 0, &e_exp);
                 else memcpy(slot, x + (size_t)next * T * C, sizeof(float) * T * C);
             }
             in_rows[i] = ring + (size_t)(r % span) * row_floats;
         }
         TICK(1);
-        depthwise(b, in_rows, w_dw, b->dw_shift, coef, gate_f, gate_t, dw_row, fo);
+        depthwise(b, in_rows, j->w_dw, b->dw_shift, j->coef, j->gate_f, j->gate_t, dw_row, fo);
         TICK(2);
         Epi e = {NULL, b->proj_shift, ACT_NONE, b->residual ? x + (size_t)fo * T * b->cout : NULL, 0,
-                 y_sum_f + (size_t)fo * b->cout, y_sum_t};
-        gemm(dw_row, 1, b->To, 0, C, w_proj, b->cout, y + (size_t)fo * b->To * b->cout, 0, &e);
+                 j->y_sum_f + (size_t)fo * b->cout, sum_t};
+        gemm(dw_row, 1, b->To, 0, C, j->w_proj, b->cout, j->y + (size_t)fo * b->To * b->cout, 0, &e);
         TICK(3);
+    }
+}
+
+/* Helper threads for one forward pass: per block, the main thread prepares it alone, then every
+   thread runs its share of the output rows between two barriers. Created and joined per call:
+   about 0.1 ms, against a few ms of rows they share. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int ready;                       /* set once the barriers exist, sized for the threads that started */
+    pthread_barrier_t start, done;
+    int threads, stop;
+    RowJob job;
+    float *ring[MAX_THREADS], *dw_row[MAX_THREADS], *sum_t[MAX_THREADS];
+} Team;
+
+typedef struct { Team *team; int id; } Member;
+
+static void team_share(Team *t, int id) {
+    int Fo = t->job.b->Fo;
+    block_rows(&t->job, Fo * id / t->threads, Fo * (id + 1) / t->threads, t->ring[id], t->dw_row[id], t->sum_t[id]);
+}
+
+static void *team_member(void *arg) {
+    Member *m = arg;
+    pthread_mutex_lock(&m->team->mu);
+    while (!m->team->ready) pthread_cond_wait(&m->team->cv, &m->team->mu);
+    pthread_mutex_unlock(&m->team->mu);
+    for (;;) {
+        pthread_barrier_wait(&m->team->start);
+        if (m->team->stop) return NULL;
+        team_share(m->team, m->id);
+        pthread_barrier_wait(&m->team->done);
     }
 }
 
@@ -407,7 +466,37 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
     Sizes s = sizes(n);
     float *act[2] = {n->work, n->work + s.act};
     float *ring = act[1] + s.act, *dw_row = ring + s.pad, *pool = dw_row + s.dw, *ctx = pool + s.pool, *agg = ctx + s.ctx;
-    float *emb = agg + s.agg, *hidden = emb + n->c_head;
+    float *emb = agg + s.agg, *hidden = emb + n->c_head, *helpers = hidden + n->hidden + 64;
+    int threads = n->threads < 1 ? 1 : n->threads > MAX_THREADS ? MAX_THREADS : n->threads;
+    Team team;
+    Member members[MAX_THREADS];
+    pthread_t tids[MAX_THREADS];
+    int started = 0;
+    if (threads > 1) {
+        /* Start the helpers first; the barriers are sized for those that started (fewer only if
+           pthread_create fails), and the helpers wait for them behind a condition variable. */
+        team.stop = 0, team.ready = 0;
+        pthread_mutex_init(&team.mu, NULL);
+        pthread_cond_init(&team.cv, NULL);
+        team.ring[0] = ring, team.dw_row[0] = dw_row;
+        for (int i = 1; i < threads; i++) {
+            float *base = helpers + (size_t)(i - 1) * (s.pad + s.dw + s.rowsum);
+            team.ring[i] = base, team.dw_row[i] = base + s.pad, team.sum_t[i] = base + s.pad + s.dw;
+        }
+        while (started + 1 < threads) {
+            members[started + 1] = (Member){&team, started + 1};
+            if (pthread_create(&tids[started + 1], NULL, team_member, &members[started + 1]) != 0) break;
+            started++;
+        }
+        threads = started + 1;
+        team.threads = threads;
+        pthread_barrier_init(&team.start, NULL, threads);
+        pthread_barrier_init(&team.done, NULL, threads);
+        pthread_mutex_lock(&team.mu);
+        team.ready = 1;
+        pthread_cond_broadcast(&team.cv);
+        pthread_mutex_unlock(&team.mu);
+    }
 #ifdef PROFILE
     prof_last = prof_now();
 #endif
@@ -449,7 +538,17 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
         float *y = act[(i + 1) % 2];
         /* The block's output sums go after its input sums (which it reads first). */
         float *y_sum_f = pool + (size_t)(b->F + b->T) * b->cin, *y_sum_t = y_sum_f + (size_t)b->Fo * b->cout;
-        block_forward(b, x, sum_f, sum_t, y, y_sum_f, y_sum_t, ring, dw_row, ctx, agg);
+        RowJob job = block_prepare(b, x, sum_f, sum_t, y, y_sum_f, ctx, agg);
+        if (threads == 1) {
+            block_rows(&job, 0, b->Fo, ring, dw_row, y_sum_t);
+        } else {
+            team.job = job, team.sum_t[0] = y_sum_t;
+            pthread_barrier_wait(&team.start);
+            team_share(&team, 0);
+            pthread_barrier_wait(&team.done);
+            for (int k = 1; k < threads; k++)
+                for (size_t q = 0; q < (size_t)b->To * b->cout; q++) y_sum_t[q] += team.sum_t[k][q];
+        }
         /* Move the output sums to the front for the next block. */
         memmove(pool, y_sum_f, sizeof(float) * (size_t)(b->Fo + b->To) * b->cout);
         sum_f = pool, sum_t = pool + (size_t)b->Fo * b->cout;
@@ -473,6 +572,15 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
     gemm(hidden, 1, 1, 0, n->hidden, n->fc2_w, n->classes_padded, logits, 0, &e2);
     PROF_BLOCK(31);
     TICK(0);
+    if (n->threads > 1) {
+        team.stop = 1;
+        if (threads > 1) pthread_barrier_wait(&team.start);
+        for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
+        pthread_barrier_destroy(&team.start);
+        pthread_barrier_destroy(&team.done);
+        pthread_cond_destroy(&team.cv);
+        pthread_mutex_destroy(&team.mu);
+    }
     return 0;
 }
 

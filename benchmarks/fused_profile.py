@@ -36,11 +36,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         so = Path(tmp) / "libfused_profile.so"
-        subprocess.run(["gcc", *args.flags.split(), "-DPROFILE", "-shared", "-fPIC", str(SOURCE), "-o", str(so), "-lm"], check=True)
-        lib = C.CDLL(str(so))
-        lib.dymn_workspace_floats.restype = C.c_size_t
-        lib.dymn_workspace_floats.argtypes = [C.POINTER(fused._Net)]
-        lib.dymn_forward.argtypes = [C.POINTER(fused._Net), fused._FP, fused._FP]
+        subprocess.run(["gcc", *args.flags.split(), "-DPROFILE", "-pthread", "-shared", "-fPIC", str(SOURCE), "-o", str(so), "-lm"], check=True)
+        lib = fused.load_library(so)
         bundle = load_bundle(args.bundle)
         x = log_mel(load_audio(demo_clip_path())).astype(np.float32)
         plan = fused._Plan(lib, fused._Weights(bundle.require("fused_weights")), x.shape[0], x.shape[1])

@@ -71,7 +71,7 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
         checkpoint = bundle.file("checkpoint")
         if "torch" in backends and checkpoint is not None:
             out += [Candidate(bundle.name, "torch", "eager", t, str(checkpoint), bundle.manifest.get("temperature")) for t in threads]
-        runnable = [b for b in backends if b not in ("torch", "fused") or (b == "fused" and bundle.file("fused_weights"))]
+        runnable = [b for b in backends if b != "torch" and (b != "fused" or bundle.file("fused_weights"))]
         out += [Candidate(bundle.name, b, "fused" if b == "fused" else bundle.strategy_for(b), t, str(bundle.path))
                 for b in runnable for t in threads]
         return out

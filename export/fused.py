@@ -4,26 +4,24 @@ The runtime reads them with numpy only (runtime/backends/fused.py). Everything i
 channels-last: 1x1 kernel banks (K, in, out), depthwise banks (K, k, k, C), BatchNorms as
 scale and shift. Kernels stay unaggregated and BN scales stay separate, because the C code
 aggregates the kernels per window and applies the scale after aggregation, as the ``matmul``
-export does (folding BN into the banks moves the seeded fixture's logits past 1e-4).
+export does (folding BN into the banks was refused for the ONNX export on parity grounds,
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from dymn_edge.runtime.backends.fused import BLOCK_META, FUSED_FILE, LAYOUT_VERSION, MAX_K, MAX_KERNEL
 
 from ..train.layers import DynamicConv, DyReLUB
 from ..train.models import DyMN
+from .strategies import bn_scale_shift
 
-__all__ = ["fused_arrays", "unsupported_reason", "write_fused"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["add_fused_weights", "fused_arrays", "unsupported_reason", "write_fused"]
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
@@ -48,9 +46,7 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 
 def _bn(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
-    # float64, then rounded once: the same scale and shift a float32 PyTorch BN applies.
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+    scale, shift = bn_scale_shift(bn)  # the same float64 folding the matmul export uses, rounded once
     return scale.float().numpy(), shift.float().numpy()
 
 

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -157,11 +157,21 @@ def _parity_probes(batch: int | None, window_s: float) -> list[np.ndarray]:
     return [np.concatenate([full] * batch), np.concatenate([short] * batch)]
 
 
-def measure_parity(model: nn.Module, onnx_path: Path, probes: list[np.ndarray]) -> float:
-    """Max |logit difference| between the original PyTorch model and ONNX Runtime over the probes."""
-    import onnxruntime as ort
+def measure_parity(model: nn.Module, candidate: Path | Callable[[np.ndarray], np.ndarray], probes: list[np.ndarray]) -> float:
+    """Max |logit difference| between the original PyTorch model and ``candidate`` over the probes.
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ``candidate`` is an ONNX file (run by ONNX Runtime on CPU) or a function from features to logits.
+    """
+    if callable(candidate):
+        run = candidate
+    else:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return session.run(["logits"], {INPUT_NAME: x})[0]
+
     worst = 0.0
     for x in probes:
         with torch.inference_mode():
@@ -173,8 +183,7 @@ def measure_parity(model: nn.Module, onnx_path: Path, probes: list[np.ndarray]) 
                 "the model is numerically unstable on this input, so parity cannot be judged; "
                 "pass representative features (probe=...)"
             )
-        got = session.run(["logits"], {INPUT_NAME: x})[0]
-        worst = max(worst, float(np.abs(got - expected).max()))
+        worst = max(worst, float(np.abs(run(x) - expected).max()))
     return worst
 
 
@@ -318,11 +327,7 @@ def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.n
             record["parity_note"] = f"not checked: {e}"
             logger.warning("fused weights written without a parity check: %s", e)
         else:
-            worst = 0.0
-            for x in probes:
-                with torch.inference_mode():
-                    expected = model(torch.from_numpy(x))[0].numpy()
-                worst = max(worst, float(np.abs(backend.infer(x) - expected).max()))
+            worst = measure_parity(model, backend.infer, probes)
             record["max_abs_logit_diff"] = worst
             if worst > PARITY_ATOL:
                 logger.warning("fused backend differs from PyTorch by %.2e in logits; model.fused.npz left out", worst)

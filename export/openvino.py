@@ -76,12 +76,17 @@ def export_openvino(source: str | Path | Bundle, dest: str | Path, *, fp16: bool
             raise ExportError(f"OpenVINO IR differs from ONNX Runtime by {diff:.2e} in logits (tolerance {budget:.0e})")
         logger.info("OpenVINO IR of %s: max |logit diff| vs ONNX Runtime %.2e", bundle.path, diff)
         files = {"model.xml": (xml, "openvino_xml"), "model.bin": (xml.with_suffix(".bin"), "openvino_bin")}
-        # FP32 IR bundles keep the fused backend's weights (the same FP32 model); FP16 ones do not.
-        kept = ("onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "checkpoint", *(() if fp16 else ("fused_weights",)))
+        kept = ["onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "checkpoint"]
+        replaced = ["format", "format_version", "files"]
+        # FP32 IR bundles keep the fused backend's weights (the same FP32 model); FP16 ones drop them and their record.
+        if fp16:
+            replaced.append("fused")
+        else:
+            kept.append("fused_weights")
         for name, entry in bundle.manifest["files"].items():
             if entry["role"] in kept:
                 files[name] = (bundle.path / name, entry["role"])
-        metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files", *(("fused",) if fp16 else ()))}
+        metadata = {k: v for k, v in bundle.manifest.items() if k not in replaced}
         metadata["precision"] = "fp16" if fp16 else "fp32"
         metadata["openvino"] = {
             "version": ov.__version__, "compress_to_fp16": fp16, "producer": f"dymn-edge {__version__}",

@@ -38,11 +38,17 @@ from dymn_edge.runtime.errors import ExportError
 from ..train.layers import DynamicConv, DynamicWrapper, DyReLUB
 from ..train.models.dymn import DyMN, DynamicBlock
 
-__all__ = ["STRATEGIES", "ExportBlock", "prepare_for_export"]
+__all__ = ["STRATEGIES", "ExportBlock", "bn_scale_shift", "prepare_for_export"]
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("grouped", "matmul", "expanded")
+
+
+def bn_scale_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as y = scale * x + shift, in float64: the caller rounds once."""
+    scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    return scale, norm.bias.detach().double() - norm.running_mean.double() * scale
 
 
 def _const(t: torch.Tensor) -> nn.Parameter:
@@ -63,9 +69,9 @@ class _KernelBank(nn.Module):
         self.norm = copy.deepcopy(norm)
         if mode == "matmul" and self.pointwise:
             # BN as y = scale * z + shift, with the scale applied to the per-sample 1x1 weight.
-            scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
+            scale, shift = bn_scale_shift(norm)
             self.register_buffer("bn_scale", scale.float().reshape(1, -1, 1))
-            self.register_buffer("bn_shift", (norm.bias.double() - norm.running_mean.double() * scale).float().reshape(1, -1, 1))
+            self.register_buffer("bn_shift", shift.float().reshape(1, -1, 1))
             self.norm = nn.Identity()
         if mode == "expanded":
             # Output channel j * out + o of one conv is kernel j's channel o. For depthwise convs the

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
 
-__all__ = ["FUSED_FILE", "LAYOUT_VERSION", "FusedBackend", "block_dims", "library_variant"]
+__all__ = ["FUSED_FILE", "LAYOUT_VERSION", "FusedBackend", "block_dims", "library_variant", "load_library"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +87,22 @@ def library_variant() -> tuple[str, Path]:
 _LIBRARY: C.CDLL | None = None
 
 
+def load_library(path: str | Path) -> C.CDLL:
+    """A build of fused_dymn.c with its two entry points typed (benchmarks/fused_profile.py loads a profiling build)."""
+    lib = C.CDLL(str(path))
+    lib.dymn_workspace_floats.restype = C.c_size_t
+    lib.dymn_workspace_floats.argtypes = [C.POINTER(_Net)]
+    lib.dymn_forward.restype = C.c_int
+    lib.dymn_forward.argtypes = [C.POINTER(_Net), _FP, _FP]
+    return lib
+
+
 def _library() -> C.CDLL:
     global _LIBRARY
     if _LIBRARY is None:
         variant, path = library_variant()
-        lib = C.CDLL(str(path))
-        lib.dymn_workspace_floats.restype = C.c_size_t
-        lib.dymn_workspace_floats.argtypes = [C.POINTER(_Net)]
-        lib.dymn_forward.restype = C.c_int
-        lib.dymn_forward.argtypes = [C.POINTER(_Net), _FP, _FP]
+        _LIBRARY = load_library(path)
         logger.info("fused backend: %s build (%s)", variant, path.name)
-        _LIBRARY = lib
     return _LIBRARY
 
 

@@ -101,31 +101,6 @@ def test_trained_dymn04_edge_on_real_audio_batches_and_threads(build, shared):
     assert np.abs(fused[2].infer(batch) - singles).max() < 1e-5 and np.abs(fused[3].infer(batch) - singles).max() < 1e-5
 
 
-def test_tag_with_the_fused_backend_runs_without_torch(tmp_path):
-    code = f"""
-import sys, importlib.abc, json
-class _NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _NoTorch())
-from dymn_edge.cli import main
-sys.argv = ["dymn-edge", "tag", "--json", "-m", "dymn04_edge", "--backend", "fused", {str(demo_clip_path())!r}]
-try:
-    main()
-except SystemExit as e:
-    assert not e.code, e.code
-assert "torch" not in sys.modules
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    fused = json.loads(proc.stdout)
-    onnx = json.loads(subprocess.run([sys.executable, "-m", "dymn_edge", "tag", "--json", "-m", "dymn04_edge", str(demo_clip_path())],
-                                     capture_output=True, text=True, cwd=tmp_path, timeout=120, check=True).stdout)
-    assert [t["label"] for t in fused["tags"]] == [t["label"] for t in onnx["tags"]]
-    assert max(abs(a["score"] - b["score"]) for a, b in zip(fused["tags"], onnx["tags"])) < 1e-4
-
-
 def test_export_records_fused_parity_and_mn_has_none(mn04_checkpoint, tmp_path):
     bundle = load_bundle(embedded_bundle_path("dymn04_edge"))
     record = bundle.manifest["fused"]

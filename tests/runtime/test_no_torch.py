@@ -62,6 +62,26 @@ assert "torch" not in sys.modules
     assert result["tags"][0]["label"] == "Whale vocalization" and result["tags"][0]["score"] > 0.8
 
 
+def test_tag_with_the_fused_backend_runs_without_torch(tmp_path):
+    """The embedded dymn04_edge on the fused C kernels, torch blocked: the same tags as ONNX Runtime."""
+    code = f"""
+from dymn_edge.cli import main
+sys.argv = ["dymn-edge", "tag", "--json", "-m", "dymn04_edge", "--backend", "fused", {str(demo_clip_path())!r}]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+assert "torch" not in sys.modules
+"""
+    proc = _run(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    fused = json.loads(proc.stdout)
+    onnx = json.loads(subprocess.run([sys.executable, "-m", "dymn_edge", "tag", "--json", "-m", "dymn04_edge", str(demo_clip_path())],
+                                     capture_output=True, text=True, cwd=tmp_path, timeout=120, check=True).stdout)
+    assert [t["label"] for t in fused["tags"]] == [t["label"] for t in onnx["tags"]]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(fused["tags"], onnx["tags"])) < 1e-4
+
+
 def test_torch_backend_without_torch_says_how_to_install(tmp_path):
     code = f"""
 from dymn_edge.cli import main

@@ -213,3 +213,13 @@ def test_cli_export_tensorrt(monkeypatch, tmp_path):
     assert bad.exit_code == 2 and "expected MIN:OPT:MAX" in bad.output
     no_data = runner.invoke(cli, ["export", "tensorrt", str(embedded_bundle_path()), "--out", str(tmp_path / "x"), "--int8"])
     assert no_data.exit_code == 1 and "Error: " in no_data.output and "--int8 needs calibration data" in no_data.output
+
+
+def test_an_engine_bundle_of_a_dymn_drops_the_fused_record_with_the_file(monkeypatch, tmp_path):
+    """The engine bundle keeps the ONNX model but not model.fused.npz, so it must not claim to carry it."""
+    install(monkeypatch, "10.3.0.30")
+    source = load_bundle(embedded_bundle_path("dymn04_edge"))
+    assert source.manifest["fused"]["included"] and source.file("fused_weights") is not None
+    out = build_tensorrt_bundle(source, tmp_path / "trt", batch=BatchRange(1, 1, 1))
+    assert out.file("tensorrt_engine") is not None and out.file("onnx") is not None
+    assert out.file("fused_weights") is None and "fused" not in out.manifest

@@ -42,13 +42,12 @@ print(len(names))
     assert int(proc.stdout) >= 12
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_tag_on_the_embedded_bundle_runs_without_torch(tmp_path, backend):
-    if backend == "openvino":
-        pytest.importorskip("openvino", reason='OpenVINO not installed (pip install "dymn-edge[openvino]")')
+def _tag_without_torch(tmp_path, *args) -> dict:
+    """`dymn-edge tag --json ARGS demo.flac` in an interpreter where torch cannot be imported; its JSON."""
+    argv = ["dymn-edge", "tag", "--json", *args, str(demo_clip_path())]
     code = f"""
 from dymn_edge.cli import main
-sys.argv = ["dymn-edge", "tag", "--json", "--backend", {backend!r}, {str(demo_clip_path())!r}]
+sys.argv = {argv!r}
 try:
     main()
 except SystemExit as e:
@@ -57,27 +56,22 @@ assert "torch" not in sys.modules
 """
     proc = _run(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_tag_on_the_embedded_bundle_runs_without_torch(tmp_path, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason='OpenVINO not installed (pip install "dymn-edge[openvino]")')
+    result = _tag_without_torch(tmp_path, "--backend", backend)
     assert result["model"] == "mn04_as"
     assert result["tags"][0]["label"] == "Whale vocalization" and result["tags"][0]["score"] > 0.8
 
 
 def test_tag_with_the_fused_backend_runs_without_torch(tmp_path):
     """The embedded dymn04_edge on the fused C kernels, torch blocked: the same tags as ONNX Runtime."""
-    code = f"""
-from dymn_edge.cli import main
-sys.argv = ["dymn-edge", "tag", "--json", "-m", "dymn04_edge", "--backend", "fused", {str(demo_clip_path())!r}]
-try:
-    main()
-except SystemExit as e:
-    assert not e.code, e.code
-assert "torch" not in sys.modules
-"""
-    proc = _run(code, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    fused = json.loads(proc.stdout)
-    onnx = json.loads(subprocess.run([sys.executable, "-m", "dymn_edge", "tag", "--json", "-m", "dymn04_edge", str(demo_clip_path())],
-                                     capture_output=True, text=True, cwd=tmp_path, timeout=120, check=True).stdout)
+    fused = _tag_without_torch(tmp_path, "-m", "dymn04_edge", "--backend", "fused")
+    onnx = _tag_without_torch(tmp_path, "-m", "dymn04_edge", "--backend", "onnxruntime")
     assert [t["label"] for t in fused["tags"]] == [t["label"] for t in onnx["tags"]]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(fused["tags"], onnx["tags"])) < 1e-4
 

@@ -34,8 +34,15 @@ static inline void st(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 typedef int v8i __attribute__((vector_size(32)));
 static inline v8 vselect(v8i m, v8 a, v8 b) { return (v8)(((v8i)a & m) | ((v8i)b & ~m)); }
+#ifdef __AVX__
+/* vmaxps/vminps compute exactly a > b ? a : b and a < b ? a : b (NaN included); GCC compiles the
+   generic select below to a compare and a blend, two instructions where these take one. */
+static inline v8 vmax(v8 a, v8 b) { return __builtin_ia32_maxps256(a, b); }
+static inline v8 vmin(v8 a, v8 b) { return __builtin_ia32_minps256(a, b); }
+#else
 static inline v8 vmax(v8 a, v8 b) { return vselect(a > b, a, b); }
 static inline v8 vmin(v8 a, v8 b) { return vselect(a < b, a, b); }
+#endif
 
 #ifdef PROFILE /* keep the phases apart in perf, and time them: dymn_prof[block][context, kernels + expansion, depthwise, projection] */
 #include <time.h>
@@ -267,6 +274,21 @@ PHASE static void avgpool3(const float *in, int n, int H, int stride, float *out
     }
 }
 
+/* Outputs [to, To) of a depthwise row one at a time: the last few columns of every row. */
+static void depthwise_tail(const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
+                           const float *gf_row, const float *gate_t, float *o, int to, int KS, int S) {
+    int C = b->cexp, d = b->dil;
+    for (; to < b->To; to++) {
+        for (int c = 0; c < C; c += VL) {
+            v8 acc = ld(bias + c);
+            for (int i = 0; i < KS; i++)
+                for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * ld(w + (i * KS + j) * C + c);
+            v8 y = vmax(acc * ld(coef + c) + ld(coef + 2 * C + c), acc * ld(coef + C + c) + ld(coef + 3 * C + c));
+            st(o + (size_t)to * C + c, y * ld(gf_row + c) * ld(gate_t + to * C + c));
+        }
+    }
+}
+
 /* One output row of the depthwise k x k convolution with the block's Dy-ReLU (max of two
    per-channel lines) and coordinate attention (times gate_f[f][c] * gate_t[t][c]) applied before
    the store. KS and S are constants at each call site, so the tap loops unroll and the k*k weight
@@ -304,20 +326,46 @@ static inline __attribute__((always_inline)) void depthwise_row(
             }
         }
     }
-    for (; to < b->To; to++) {
+    if (to < b->To) depthwise_tail(b, in_rows, w, bias, coef, gf_row, gate_t, o, to, KS, S);
+}
+
+/* The same row for stride 1 and no dilation, where four neighbouring outputs share KS + 3 input
+   columns: each column is loaded once per kernel row and reused by every tap that reads it, instead
+   of once per (output, tap). That turns the depthwise convolution from load-bound to FMA-bound. */
+static inline __attribute__((always_inline)) void depthwise_row_s1(
+    const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
+    const float *gate_f, const float *gate_t, float *o, int fo, int KS) {
+    int C = b->cexp, to = 0;
+    const float *gf_row = gate_f + (size_t)fo * C;
+    for (; to + 4 <= b->To; to += 4) {
         for (int c = 0; c < C; c += VL) {
-            v8 acc = ld(bias + c);
-            for (int i = 0; i < KS; i++)
-                for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * ld(w + (i * KS + j) * C + c);
-            v8 y = vmax(acc * ld(coef + c) + ld(coef + 2 * C + c), acc * ld(coef + C + c) + ld(coef + 3 * C + c));
-            st(o + (size_t)to * C + c, y * ld(gf_row + c) * ld(gate_t + to * C + c));
+            v8 bi = ld(bias + c);
+            v8 acc[4] = {bi, bi, bi, bi};
+            for (int i = 0; i < KS; i++) {
+                const float *row = in_rows[i] + (size_t)to * C + c;
+                v8 col[8];
+                for (int m = 0; m < KS + 3; m++) col[m] = ld(row + (size_t)m * C);
+                for (int j = 0; j < KS; j++) {
+                    v8 wij = ld(w + (i * KS + j) * C + c);
+                    for (int q = 0; q < 4; q++) acc[q] += col[q + j] * wij;
+                }
+            }
+            v8 a1 = ld(coef + c), a2 = ld(coef + C + c), b1 = ld(coef + 2 * C + c), b2 = ld(coef + 3 * C + c);
+            v8 gf = ld(gf_row + c);
+            for (int q = 0; q < 4; q++) {
+                v8 y = vmax(acc[q] * a1 + b1, acc[q] * a2 + b2);
+                st(o + (size_t)(to + q) * C + c, y * gf * ld(gate_t + (to + q) * C + c));
+            }
         }
     }
+    if (to < b->To) depthwise_tail(b, in_rows, w, bias, coef, gf_row, gate_t, o, to, KS, 1);
 }
 
 PHASE static void depthwise(const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
                             const float *gate_f, const float *gate_t, float *out, int fo) {
-    if (b->k == 3 && b->stride == 1) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 1);
+    if (b->k == 3 && b->stride == 1 && b->dil == 1) depthwise_row_s1(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3);
+    else if (b->k == 5 && b->stride == 1 && b->dil == 1) depthwise_row_s1(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5);
+    else if (b->k == 3 && b->stride == 1) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 1);
     else if (b->k == 3 && b->stride == 2) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 2);
     else if (b->k == 5 && b->stride == 1) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5, 1);
     else if (b->k == 5 && b->stride == 2) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5, 2);

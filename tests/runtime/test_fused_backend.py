@@ -216,6 +216,19 @@ def test_growing_windows_keep_a_few_plans_and_concurrent_calls_agree():
         np.testing.assert_array_equal(a, b)
 
 
+def test_weights_and_workspace_start_on_cache_lines():
+    """The C code's 8-float loads only stay within one cache line when every buffer starts on one:
+    numpy's own 16-byte alignment left it about 9 % slower on half of the allocations."""
+    backend = create_backend("fused", load_bundle(embedded_bundle_path("dymn04_edge")))
+    backend.infer(log_mel(load_audio(demo_clip_path()))[None, None].astype(np.float32))
+    plan = next(iter(backend._plans.values()))
+    misaligned = [k for k, a in backend.weights.arrays.items() if a.dtype == np.float32 and a.ctypes.data % 64]
+    assert misaligned == [] and plan.work.ctypes.data % 64 == 0
+    for n in (1, 7, 1000):
+        a = fused_module.aligned_empty((n, 3))
+        assert a.shape == (n, 3) and a.dtype == np.float32 and a.ctypes.data % 64 == 0 and a.flags.c_contiguous
+
+
 def test_listen_with_the_fused_backend_finds_the_same_events(shared, tmp_path):
     """`dymn-edge listen` on the ESC-50 mixture (2 s windows, 0.5 s hop): the same events, onsets and
     offsets as ONNX Runtime."""

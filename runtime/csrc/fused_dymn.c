@@ -392,10 +392,11 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
     for (int t = 0; t < T; t++) for (int c = 0; c < b->cin; c++) rows[(F + t) * b->cin + c] = sum_t[t * b->cin + c] / F;
     Epi e_joint = {b->joint_scale, b->joint_shift, ACT_HSWISH, NULL, 0, NULL, NULL};
     gemm(rows, 1, F + T, 0, b->cin, b->joint_w, H, joint, 0, &e_joint);
-    for (int j = 0; j < H; j++) {
-        float s = 0.f;
-        for (int r = 0; r < F + T; r++) s += joint[r * H + j];
-        h[j] = s / (F + T);
+    /* h = mean of the joint rows; H is a multiple of 8, so whole vectors, rows summed in order. */
+    for (int j = 0; j < H; j += VL) {
+        v8 s = splat(0.f);
+        for (int r = 0; r < F + T; r++) s += ld(joint + (size_t)r * H + j);
+        st(h + j, s / splat((float)(F + T)));
     }
     const float *pf = joint, *pt = joint + (size_t)F * H;
     if (b->stride > 1) {
@@ -410,11 +411,16 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
     sigmoid_inplace(gate_t, (size_t)b->To * C);
     /* Dy-ReLU coefficients, stored as four planes of C: slope 1, slope 2, offset 1, offset 2. */
     float *z = att + 8;
-    for (int o = 0; o < 4 * C; o += VL) {
-        v8 acc = ld(b->dy_b + o);
-        for (int j = 0; j < H; j++) acc += splat(h[j]) * ld(b->dy_w + (size_t)j * 4 * C + o);
-        st(z + o, splat(2.f) * vsigmoid(acc) - splat(1.f));
+    /* Row by row through dy_w (H x 4C, up to 300 KB, read once per window from L3): a contiguous
+       stream the prefetcher follows, into sums that stay in L1. Reading it column-wise ran at a
+       third of the speed. */
+    memcpy(z, b->dy_b, sizeof(float) * 4 * C);
+    for (int j = 0; j < H; j++) {
+        v8 hj = splat(h[j]);
+        const float *wj = b->dy_w + (size_t)j * 4 * C;
+        for (int o = 0; o < 4 * C; o += VL) st(z + o, ld(z + o) + hj * ld(wj + o));
     }
+    for (int o = 0; o < 4 * C; o += VL) st(z + o, splat(2.f) * vsigmoid(ld(z + o)) - splat(1.f));
     for (int o = 0; o < 4 * C; o++) coef[(o % 4) * C + o / 4] = z[o] * b->lambdas[o % 4] + b->init_v[o % 4];
     TICK(0);
     /* This input's three kernels, with BN's scales applied. */

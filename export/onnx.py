@@ -157,8 +157,25 @@ def _parity_probes(batch: int | None, window_s: float) -> list[np.ndarray]:
     return [np.concatenate([full] * batch), np.concatenate([short] * batch)]
 
 
-def measure_parity(model: nn.Module, candidate: Path | Callable[[np.ndarray], np.ndarray], probes: list[np.ndarray]) -> float:
-    """Max |logit difference| between the original PyTorch model and ``candidate`` over the probes.
+def reference_logits(model: nn.Module, probes: list[np.ndarray]) -> list[np.ndarray]:
+    """PyTorch's logits on each probe: computed once per export and compared with every exported path."""
+    expected = []
+    for x in probes:
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(x))[0].numpy()
+        scale = float(np.abs(logits).max())
+        if not np.isfinite(scale) or scale > SANE_LOGIT:
+            raise ExportError(
+                f"PyTorch itself gives extreme logits (max |logit| {scale:.3g}) on the parity probe {x.shape}: "
+                "the model is numerically unstable on this input, so parity cannot be judged; "
+                "pass representative features (probe=...)"
+            )
+        expected.append(logits)
+    return expected
+
+
+def measure_parity(candidate: Path | Callable[[np.ndarray], np.ndarray], probes: list[np.ndarray], expected: list[np.ndarray]) -> float:
+    """Max |logit difference| between ``candidate`` and PyTorch's ``expected`` logits (``reference_logits``) over the probes.
 
     ``candidate`` is an ONNX file (run by ONNX Runtime on CPU) or a function from features to logits.
     """
@@ -172,19 +189,7 @@ def measure_parity(model: nn.Module, candidate: Path | Callable[[np.ndarray], np
         def run(x: np.ndarray) -> np.ndarray:
             return session.run(["logits"], {INPUT_NAME: x})[0]
 
-    worst = 0.0
-    for x in probes:
-        with torch.inference_mode():
-            expected = model(torch.from_numpy(x))[0].numpy()
-        scale = float(np.abs(expected).max())
-        if not np.isfinite(scale) or scale > SANE_LOGIT:
-            raise ExportError(
-                f"PyTorch itself gives extreme logits (max |logit| {scale:.3g}) on the parity probe {x.shape}: "
-                "the model is numerically unstable on this input, so parity cannot be judged; "
-                "pass representative features (probe=...)"
-            )
-        worst = max(worst, float(np.abs(run(x) - expected).max()))
-    return worst
+    return max(float(np.abs(run(x) - e).max()) for x, e in zip(probes, expected, strict=True))
 
 
 def export_bundle(
@@ -244,13 +249,16 @@ def export_bundle(
         probes, probe_name = _parity_probes(batch, window_s), f"demo clip ({window_s:g} s and 3.7 s)"
     import onnx
 
+    expected: list[np.ndarray] | None = None  # PyTorch's logits, once the first export shows the arguments work
     with tempfile.TemporaryDirectory() as tmp:
         exported: dict[str, Path] = {}
         parities: dict[str, float | None] = {}
         failures: dict[str, str] = {}
         for candidate in candidates:
             onnx_path = export_onnx(model, Path(tmp) / f"{candidate}.onnx", strategy=candidate, batch=batch, opset=opset, window_s=window_s)
-            parity = measure_parity(model, onnx_path, probes) if verify_parity else None
+            if verify_parity and expected is None:
+                expected = reference_logits(model, probes)
+            parity = measure_parity(onnx_path, probes, expected) if verify_parity else None
             logger.info("exported %s (%s): max |logit diff| vs PyTorch %s", loaded.path, candidate, parity)
             if parity is not None and parity > PARITY_ATOL:
                 failures[candidate] = f"ONNX Runtime differs from PyTorch by {parity:.2e} in logits (tolerance {PARITY_ATOL:.0e})"
@@ -268,7 +276,7 @@ def export_bundle(
             files.update(onnx_payload(exported[choice["chosen"]["openvino"]], stage, "model.openvino.onnx", "onnx_openvino"))
         if choice:
             choice["int8"] = _int8_choice(exported, choice, files, stage)
-        fused_record = _fused_payload(model, files, stage, probes if verify_parity else []) if fused and family == "dymn" else None
+        fused_record = _fused_payload(model, files, stage, probes if verify_parity else [], expected) if fused and family == "dymn" else None
         if include_checkpoint:
             files["model.pt"] = (loaded.path, "checkpoint")
         batch_dim: int | str = "batch" if batch is None else batch
@@ -303,11 +311,13 @@ def export_bundle(
     return _lint(bundle)
 
 
-def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.ndarray]) -> dict[str, Any]:
+def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.ndarray],
+                   expected: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Add ``model.fused.npz`` to ``files`` when the fused backend can run ``model`` and matches PyTorch on ``probes``.
 
     A model it cannot run, or one that misses parity, still exports: the manifest says why the file
-    is absent, and ``--backend fused`` then names that reason.
+    is absent, and ``--backend fused`` then names that reason. ``expected``: PyTorch's logits on
+    ``probes`` when the caller has them already.
     """
     from dymn_edge.runtime.backends.fused import FUSED_FILE, LAYOUT_VERSION, FusedBackend
     from dymn_edge.runtime.errors import BackendUnavailableError
@@ -327,7 +337,7 @@ def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.n
             record["parity_note"] = f"not checked: {e}"
             logger.warning("fused weights written without a parity check: %s", e)
         else:
-            worst = measure_parity(model, backend.infer, probes)
+            worst = measure_parity(backend.infer, probes, expected if expected is not None else reference_logits(model, probes))
             record["max_abs_logit_diff"] = worst
             if worst > PARITY_ATOL:
                 logger.warning("fused backend differs from PyTorch by %.2e in logits; model.fused.npz left out", worst)

@@ -209,6 +209,11 @@ def _check_manifest(manifest: Any, where: Path) -> None:
         raise BundleError(f"{where}: more than one file with role(s) {sorted(duplicated)}")
     if not set(roles) & set(MODEL_ROLES):
         raise BundleError(f"{where}: bundle lists no model file (one of roles {MODEL_ROLES})")
+    fused = manifest.get("fused")
+    # A derived bundle (INT8, FP16 IR, engine) that leaves the fused weights behind must drop their
+    # record too; three writers do, and this keeps a fourth from claiming a file it lacks.
+    if isinstance(fused, dict) and fused.get("included") and "fused_weights" not in roles:
+        raise BundleError(f"{where}: manifest 'fused' says {fused.get('file')!r} is included, but no file has role 'fused_weights'")
 
 
 def _check_file_name(name: str, where: Path) -> None:

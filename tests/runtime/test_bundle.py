@@ -83,6 +83,7 @@ def test_missing_or_broken_manifest(bundle_copy, tmp_path):
         ({"precision": "int4"}, "precision 'int4' is not one of"),
         ({"frontend": {"n_mels": 128, "bogus": 1}}, "invalid 'frontend'"),
         ({"num_classes": 50}, "labels.csv has 527 classes; manifest says 50"),
+        ({"fused": {"included": True, "file": "model.fused.npz"}}, "'fused' says 'model.fused.npz' is included, but no file has role 'fused_weights'"),
     ],
 )
 def test_invalid_manifest_fields(bundle_copy, changes, message):

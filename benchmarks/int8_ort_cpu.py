@@ -2,25 +2,22 @@
 for any x86 machine, e.g. one with AVX-512 VNNI or AMX, which the development machines lack.
 
 Exports dymn04/dymn10 (EfficientAT init, seed 0) in the matmul and grouped strategies, quantizes
-them with int8 (S8S8) and uint8 (U8S8) activations (per-channel int8 weights, MinMax on 8 pool
-windows), takes mn04_as from the embedded bundle, and times FP32 against INT8 in interleaved rounds
-at 1 and 2 threads, batch 1, a 10 s window. Prints the CPU's VNNI/AMX flags with the results.
+them with int8 (S8S8) and uint8 (U8S8) activations through the product's own path
+(`calibration.ort_qdq.quantize_qdq`: per-channel int8 weights, kernel aggregations kept in float,
+MinMax on 8 pool windows), takes mn04_as from the embedded bundle, and times FP32 against INT8 in
+interleaved rounds at 1 and 2 threads, batch 1, a 10 s window. Prints the CPU's SIMD flags with the
+results.
 
     python benchmarks/int8_ort_cpu.py [--calibration WINDOWS.npy | --shared ../shared] [--json OUT.json]
 """
 import argparse
-import contextlib
-import io
 import json
 import os
-import platform
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import onnxruntime.quantization as q
 
 REPO = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,10 +27,9 @@ parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results"
 args = parser.parse_args()
 os.chdir(REPO)
 work = Path(tempfile.mkdtemp(prefix="int8_ort_cpu_"))
-cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0]
-info = {"cpu": [l for l in cpu.splitlines() if l.startswith(("Model name", "CPU(s)", "Thread", "Core"))],
-        "vnni": [f for f in flags.split() if "vnni" in f or f.startswith("amx")], "onnxruntime": ort.__version__, "python": platform.python_version()}
+from dymn_edge.runtime.machine import machine_info
+
+info = machine_info()
 print(json.dumps(info), flush=True)
 if args.calibration:
     cal = list(np.load(args.calibration))
@@ -57,23 +53,19 @@ def session(path, threads):
     name = s.get_inputs()[0].name
     return lambda v: s.run(None, {name: v})
 
-from dymn_edge.calibration.ort_qdq import _Reader, _preprocess
+from dymn_edge.calibration.dataset import FeatureSet
+from dymn_edge.calibration.ort_qdq import quantize_qdq
 from dymn_edge.export.auto import interleaved_medians
+
+calibration = FeatureSet([c[None] for c in cal], [("calibration", float(i)) for i in range(len(cal))], None)
 
 rows = []
 for key in ["mn04", "dymn04-matmul", "dymn10-matmul", "dymn04-grouped", "dymn10-grouped"]:
     fp = export(key)
-    (work / key).mkdir(exist_ok=True)
-    pre = _preprocess(Path(fp), work / key)
-    name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     variants = {"fp32": fp}
-    for tag, act in (("s8s8", q.QuantType.QInt8), ("u8s8", q.QuantType.QUInt8)):
-        dst = work / f"{key}-{tag}.onnx"
-        with contextlib.redirect_stdout(io.StringIO()):
-            q.quantize_static(str(pre), str(dst), _Reader([c[None] for c in cal], name, None), calibrate_method=q.CalibrationMethod.MinMax, per_channel=True,
-                              quant_format=q.QuantFormat.QDQ, activation_type=act, weight_type=q.QuantType.QInt8,
-                              extra_options={"CalibStridedMinMax": 1}, use_external_data_format=True)
-        variants[tag] = dst
+    for tag, activations in (("s8s8", "int8"), ("u8s8", "uint8")):
+        variants[tag] = work / f"{key}-{tag}.onnx"
+        quantize_qdq(Path(fp), variants[tag], calibration, method="minmax", activations=activations)
     for threads in (1, 2):
         runners = {tag: session(p, threads) for tag, p in variants.items()}
         med = interleaved_medians(runners, x, rounds=10, runs_per_round=5, warmup=5)

@@ -161,7 +161,7 @@ def export():
 @click.option("--window", "window_s", type=float, default=10.0, show_default=True, callback=_positive_seconds, metavar="SECONDS")
 @click.option("--name", default=None, help="Model name in the manifest (default: the model's).")
 @click.option("--no-checkpoint", is_flag=True, help="Leave the PyTorch checkpoint out of the bundle.")
-@click.option("--no-fused", is_flag=True, help="Leave out model.fused.npz (DyMN weights for --backend fused).")
+@click.option("--no-fused", is_flag=True, help="Leave out model.fused.npz (the weights --backend fused reads).")
 @click.option("--probe-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Recording to check parity on (default: the shipped demo clip).")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -241,7 +241,7 @@ def _csv(kind, choices=None):
 @cli.command()
 @click.argument("models", nargs=-1, required=True, metavar="MODEL|BUNDLE...")
 @click.option("--backend", "backends", default="torch,onnxruntime,openvino,fused", show_default=True,
-              callback=_csv(str, BACKEND_CHOICES), help="Comma-separated backends; torch is the eager reference, fused runs DyMN only.")
+              callback=_csv(str, BACKEND_CHOICES), help="Comma-separated backends; torch is the eager reference, fused needs model.fused.npz.")
 @click.option("--strategy", "strategies", default="grouped,matmul,expanded", show_default=True,
               callback=_csv(str, ["grouped", "matmul", "expanded"]), help="DyMN strategies to export and compare.")
 @click.option("--threads", default="1", show_default=True, callback=_csv(int), help="Comma-separated thread counts, e.g. 1,2.")

@@ -224,7 +224,7 @@ def export_bundle(
         include_checkpoint: copy the checkpoint into the bundle so the torch backend can run it too.
         probe: (N, 1, n_mels, frames) features for the parity check instead of the demo clip.
         verify_parity: False only for throwaway exports (benchmarks); the manifest then says so.
-        fused: also write ``model.fused.npz`` for the fused backend (DyMN only; checked against PyTorch too).
+        fused: also write ``model.fused.npz`` for the fused backend (DyMN and MobileNetV3; checked against PyTorch too).
     """
     if strategy not in (*STRATEGIES, "auto"):
         raise ExportError(f"unknown export strategy {strategy!r}; expected one of {', '.join(STRATEGIES)} or auto")
@@ -276,7 +276,7 @@ def export_bundle(
             files.update(onnx_payload(exported[choice["chosen"]["openvino"]], stage, "model.openvino.onnx", "onnx_openvino"))
         if choice:
             choice["int8"] = _int8_choice(exported, choice, files, stage)
-        fused_record = _fused_payload(model, files, stage, probes if verify_parity else [], expected) if fused and family == "dymn" else None
+        fused_record = _fused_payload(model, files, stage, probes if verify_parity else [], expected) if fused else None
         if include_checkpoint:
             files["model.pt"] = (loaded.path, "checkpoint")
         batch_dim: int | str = "batch" if batch is None else batch

@@ -68,7 +68,7 @@ def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None,
 
         record = bundle.manifest.get("fused") or {}
         why = f"; this one has none because {record['reason']}" if record.get("reason") else ""
-        hint = f" (the fused backend runs DyMN bundles that carry model.fused.npz, which dymn-edge export onnx writes{why})"
+        hint = f" (the fused backend runs DyMN and MobileNetV3 bundles that carry model.fused.npz, which dymn-edge export onnx writes{why})"
         return FusedBackend(bundle.require("fused_weights", hint=hint), n_mels=bundle.frontend.n_mels, threads=threads)
     if name == "torch":
         raise BackendUnavailableError("the torch backend lives in dymn_edge.train (pip install \"dymn-edge[train]\")")

@@ -31,16 +31,21 @@ __all__ = ["FUSED_FILE", "LAYOUT_VERSION", "FusedBackend", "block_dims", "librar
 logger = logging.getLogger(__name__)
 
 FUSED_FILE = "model.fused.npz"
-LAYOUT_VERSION = 1
-# Per-block integers in "b{i}/meta", in this order (export/fused.py writes them).
-BLOCK_META = ("cin", "cexp", "cout", "k", "stride", "dil", "pad", "H", "K", "residual", "exp_act", "has_exp")
+LAYOUT_VERSION = 2  # 2 added MobileNetV3 ("mn") blocks; layout 1 files (DyMN only) still load
+READABLE_LAYOUTS = (1, 2)
+# Per-block integers in "b{i}/meta", in this order (export/fused.py writes them). Layout 1 had
+# the first 12; its blocks are DyMN blocks, so the last three read as 0.
+BLOCK_META = ("cin", "cexp", "cout", "k", "stride", "dil", "pad", "H", "K", "residual", "exp_act", "has_exp",
+              "kind", "dw_act", "has_se")
+KIND_DYMN, KIND_MN = 0, 1
 MAX_KERNEL, MAX_K = 16, 8  # the C code's fixed limits: depthwise rows per output row, kernels per dynamic conv
 MAX_THREADS = 8  # MAX_THREADS in fused_dymn.c
 
 _FP = C.POINTER(C.c_float)
 _BLOCK_ARRAYS = (
     "exp_w exp_att_w exp_att_b exp_scale exp_shift dw_w dw_att_w dw_att_b dw_scale dw_shift dy_w dy_b lambdas init_v "
-    "proj_w proj_att_w proj_att_b proj_scale proj_shift joint_w joint_scale joint_shift cf_w cf_b ct_w ct_b"
+    "proj_w proj_att_w proj_att_b proj_scale proj_shift joint_w joint_scale joint_shift cf_w cf_b ct_w ct_b "
+    "se1_w se1_b se2_w se2_b"
 ).split()
 _HEAD_ARRAYS = "outc_w outc_scale outc_shift fc1_w fc1_b fc2_w fc2_b".split()
 
@@ -145,14 +150,20 @@ class _Weights:
         except Exception as e:  # zipfile and numpy raise many types for a broken file
             raise BundleError(f"{path}: cannot read the fused weights: {e}") from e
         version = int(arrays.get("layout_version", np.array([-1]))[0])
-        if version != LAYOUT_VERSION:
-            raise BundleError(f"{path}: fused weight layout {version}; this dymn-edge reads layout {LAYOUT_VERSION} (export the bundle again)")
+        if version not in READABLE_LAYOUTS:
+            raise BundleError(f"{path}: fused weight layout {version}; this dymn-edge reads layouts "
+                              f"{', '.join(map(str, READABLE_LAYOUTS))} (export the bundle again)")
         self.path = path
         self.arrays = {k: _aligned_copy(v.astype(np.float32, copy=False)) if v.dtype.kind == "f" else v for k, v in arrays.items()}
         self.n_blocks = int(self._get("n_blocks")[0])
         self.c0 = int(self._get("stem/w").shape[-1])
         self.c_last, self.c_head, self.hidden, self.classes = (int(v) for v in self._get("head/meta"))
-        self.blocks = [dict(zip(BLOCK_META, (int(v) for v in self._get(f"b{i}/meta")))) for i in range(self.n_blocks)]
+        self.blocks = []
+        for i in range(self.n_blocks):
+            meta = [int(v) for v in self._get(f"b{i}/meta")]
+            if len(meta) != (12 if version == 1 else len(BLOCK_META)):
+                raise BundleError(f"{path}: block {i} has {len(meta)} meta values; layout {version} has {12 if version == 1 else len(BLOCK_META)}")
+            self.blocks.append(dict(zip(BLOCK_META, meta + [0] * (len(BLOCK_META) - len(meta)))))
         self._check()
 
     def _get(self, key: str) -> np.ndarray:
@@ -165,6 +176,20 @@ class _Weights:
         if got != shape:
             raise BundleError(f"{self.path}: fused weight {key!r} has shape {got}, expected {shape}")
 
+    def _check_mn_block(self, i: int, b: dict) -> None:
+        """A MobileNetV3 block: one static kernel per convolution (K = 1, BN scales folded in), H the SE width."""
+        cin, cexp, cout, k, H = b["cin"], b["cexp"], b["cout"], b["k"], b["H"]
+        if b["K"] != 1 or b["dw_act"] not in (1, 2) or (b["has_se"] and H < 8):
+            raise BundleError(f"{self.path}: mn block {i} has K={b['K']}, activation {b['dw_act']}, SE width {H}; "
+                              "expected one kernel, ReLU (1) or Hardswish (2), and an SE width of at least 8")
+        shapes = {"dw_w": (1, k, k, cexp), "dw_shift": (cexp,), "proj_w": (1, cexp, cout), "proj_shift": (cout,)}
+        if b["has_exp"]:
+            shapes.update({"exp_w": (1, cin, cexp), "exp_shift": (cexp,)})
+        if b["has_se"]:
+            shapes.update({"se1_w": (cexp, H), "se1_b": (H,), "se2_w": (H, cexp), "se2_b": (cexp,)})
+        for name, shape in shapes.items():
+            self._expect(f"b{i}/{name}", shape)
+
     def _check(self) -> None:
         self._expect("stem/w", (3, 3, self.c0))
         channels = [self.c0]
@@ -176,6 +201,12 @@ class _Weights:
             cin, cexp, cout, k, K, H = b["cin"], b["cexp"], b["cout"], b["k"], b["K"], b["H"]
             if any(c % 8 for c in (cin, cexp, cout, H)):
                 raise BundleError(f"{self.path}: block {i} channels {cin}/{cexp}/{cout}/{H} are not multiples of 8")
+            if b["kind"] not in (KIND_DYMN, KIND_MN):
+                raise BundleError(f"{self.path}: block {i} is of kind {b['kind']}; the fused code runs DyMN (0) and mn (1) blocks")
+            if b["kind"] == KIND_MN:
+                self._check_mn_block(i, b)
+                channels.append(cout)
+                continue
             shapes = {"dw_w": (K, k, k, cexp), "dw_att_w": (K, H), "dw_att_b": (K,), "dw_scale": (cexp,), "dw_shift": (cexp,),
                       "dy_w": (H, 4 * cexp), "dy_b": (4 * cexp,), "lambdas": (4,), "init_v": (4,), "proj_w": (K, cexp, cout),
                       "proj_att_w": (K, H), "proj_att_b": (K,), "proj_scale": (cout,), "proj_shift": (cout,), "joint_w": (cin, H),
@@ -207,7 +238,7 @@ class _Plan:
                 setattr(b, key, value)
             b.F, b.T = F, T
             b.Fo, b.To = (block_dims(n, meta["k"], meta["stride"], meta["dil"], meta["pad"]) for n in (F, T))
-            b.inv_temp = float(a[f"b{i}/inv_temp"][0])
+            b.inv_temp = float(a[f"b{i}/inv_temp"][0]) if f"b{i}/inv_temp" in a else 1.0  # mn blocks have no attention
             for name in _BLOCK_ARRAYS:
                 if f"b{i}/{name}" in a:
                     setattr(b, name, ptr(f"b{i}/{name}"))

@@ -171,8 +171,14 @@ __attribute__((noipa)) static void gemm(const float *in, int nf, int nt, int in_
     }
 }
 
+enum { KIND_DYMN = 0, KIND_MN = 1 };
+
+/* A block is either DyMN's (dynamic kernels, context, Dy-ReLU, coordinate attention) or
+   MobileNetV3's ("mn": static kernels with BN folded in, an activation after the depthwise
+   convolution and optional channel squeeze-excitation, whose H is the squeeze width). */
 typedef struct {
     int F, T, Fo, To, cin, cexp, cout, k, stride, dil, pad, H, K, residual, exp_act, has_exp;
+    int kind, dw_act, has_se;
     float inv_temp;
     const float *exp_w;                     /* (K, cin, cexp) */
     const float *exp_att_w, *exp_att_b;     /* (K, H), (K) */
@@ -187,6 +193,7 @@ typedef struct {
     const float *proj_scale, *proj_shift;
     const float *joint_w, *joint_scale, *joint_shift; /* (cin, H), BN (H) */
     const float *cf_w, *cf_b, *ct_w, *ct_b; /* (H, cexp), (cexp) */
+    const float *se1_w, *se1_b, *se2_w, *se2_b; /* mn squeeze-excitation: (cexp, H), (H), (H, cexp), (cexp) */
 } Block;
 
 #define MAX_THREADS 8
@@ -206,10 +213,10 @@ typedef struct {
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
 /* Scratch layout (floats): two activation buffers, the ring of padded expansion rows, one depthwise output row, and small context buffers. */
-typedef struct { size_t act, pad, dw, pool, ctx, agg, rowsum; } Sizes;
+typedef struct { size_t act, pad, dw, pool, ctx, agg, rowsum, stash; } Sizes;
 
 static Sizes sizes(const Net *n) {
-    Sizes s = {(size_t)((n->F + 1) / 2) * ((n->T + 1) / 2) * n->C0, 0, 0, 0, 0, 0, 0};
+    Sizes s = {(size_t)((n->F + 1) / 2) * ((n->T + 1) / 2) * n->C0, 0, 0, 0, 0, 0, 0, 0};
     for (int i = 0; i < n->n_blocks; i++) {
         const Block *b = &n->blocks[i];
         s.act = max_sz(s.act, (size_t)b->Fo * b->To * b->cout);
@@ -219,6 +226,8 @@ static Sizes sizes(const Net *n) {
         s.ctx = max_sz(s.ctx, (size_t)(b->F + b->T) * (b->cin + 2 * b->H) + (size_t)(b->Fo + b->To) * b->cexp + 8 * (size_t)b->cexp + b->H + 16);
         s.agg = max_sz(s.agg, (size_t)b->cin * b->cexp + (size_t)b->k * b->k * b->cexp + (size_t)b->cexp * b->cout + 4 * (size_t)b->cexp);
         s.rowsum = max_sz(s.rowsum, (size_t)b->To * b->cout);
+        s.ctx = max_sz(s.ctx, (size_t)b->cexp + b->H + 16);
+        if (b->has_se) s.stash = max_sz(s.stash, (size_t)b->Fo * b->To * b->cexp); /* the depthwise output SE scales */
     }
     const Block *last = &n->blocks[n->n_blocks - 1];
     s.act = max_sz(s.act, (size_t)last->Fo * last->To * n->c_head);
@@ -229,7 +238,7 @@ static Sizes sizes(const Net *n) {
 size_t dymn_workspace_floats(const Net *n) {
     Sizes s = sizes(n);
     size_t extra = (size_t)(n->threads > 1 ? n->threads - 1 : 0) * (s.pad + s.dw + s.rowsum); /* each helper's own rows */
-    return 2 * s.act + s.pad + s.dw + s.pool + s.ctx + s.agg + n->c_head + n->hidden + 64 + extra;
+    return 2 * s.act + s.pad + s.dw + s.pool + s.ctx + s.agg + s.stash + n->c_head + n->hidden + 64 + extra;
 }
 
 PHASE static void softmax_attention(const float *w, const float *b, const float *h, int H, int K, float inv_temp, float *a) {
@@ -289,35 +298,51 @@ static void depthwise_tail(const Block *b, const float *const *in_rows, const fl
     }
 }
 
+/* Bias plus the k x k taps of four neighbouring outputs (to .. to+3) of channel group c.
+   Four outputs at a time, every channel group before the next four: the input rows are read from
+   L2 once, and the k*k weights of a group come from L1. With REUSE (stride 1, no dilation) the four
+   outputs share KS + 3 input columns, each loaded once per kernel row and used by every tap that
+   reads it (3.5 % on dymn04_edge: the loop goes from load-bound to FMA-bound). KS, S and REUSE are
+   constants at each call site, so the tap loops unroll. */
+static inline __attribute__((always_inline)) void dw_four(const float *const *in_rows, const float *w, v8 bi, int C, int to, int c,
+                                                         int KS, int S, int d, int REUSE, v8 acc[4]) {
+    ptrdiff_t SC = (ptrdiff_t)S * C, dC = (ptrdiff_t)d * C;
+    for (int q = 0; q < 4; q++) acc[q] = bi;
+    if (REUSE) {
+        for (int i = 0; i < KS; i++) {
+            const float *row = in_rows[i] + (size_t)to * C + c;
+            v8 col[8];
+            for (int m = 0; m < KS + 3; m++) col[m] = ld(row + (size_t)m * C);
+            for (int j = 0; j < KS; j++) {
+                v8 wij = ld(w + (i * KS + j) * C + c);
+                for (int q = 0; q < 4; q++) acc[q] += col[q + j] * wij;
+            }
+        }
+        return;
+    }
+    const float *wp = w + c;
+    for (int i = 0; i < KS; i++) {
+        /* Pointers stepped tap by tap: with all k*k offsets precomputed, GCC spilled them to the stack. */
+        const float *tap = in_rows[i] + (size_t)to * SC + c;
+        for (int j = 0; j < KS; j++, tap += dC, wp += C) {
+            v8 wij = ld(wp);
+            for (int q = 0; q < 4; q++) acc[q] += ld(tap + q * SC) * wij;
+        }
+    }
+}
+
 /* One output row of the depthwise k x k convolution with the block's Dy-ReLU (max of two
    per-channel lines) and coordinate attention (times gate_f[f][c] * gate_t[t][c]) applied before
-   the store. KS and S are constants at each call site, so the tap loops unroll and the k*k weight
-   vectors of a channel group stay in registers (or L1) across the row. */
+   the store. */
 static inline __attribute__((always_inline)) void depthwise_row(
     const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
-    const float *gate_f, const float *gate_t, float *o, int fo, int KS, int S) {
-    int C = b->cexp, d = b->dil;
-    ptrdiff_t SC = (ptrdiff_t)S * C, dC = (ptrdiff_t)d * C;
+    const float *gate_f, const float *gate_t, float *o, int fo, int KS, int S, int REUSE) {
+    int C = b->cexp, to = 0;
     const float *gf_row = gate_f + (size_t)fo * C;
-    int to = 0;
-    /* Four outputs at a time, every channel group before the next four: the input rows are read
-       from L2 once, and the k*k weights of a group come from L1. */
     for (; to + 4 <= b->To; to += 4) {
         for (int c = 0; c < C; c += VL) {
-            v8 bi = ld(bias + c);
-            v8 acc[4] = {bi, bi, bi, bi};
-            const float *wp = w + c;
-            for (int i = 0; i < KS; i++) {
-                /* Pointers stepped tap by tap: with all k*k offsets precomputed, GCC spilled them to the stack. */
-                const float *tap = in_rows[i] + (size_t)to * SC + c;
-                for (int j = 0; j < KS; j++, tap += dC, wp += C) {
-                    v8 wij = ld(wp);
-                    acc[0] += ld(tap) * wij;
-                    acc[1] += ld(tap + SC) * wij;
-                    acc[2] += ld(tap + 2 * SC) * wij;
-                    acc[3] += ld(tap + 3 * SC) * wij;
-                }
-            }
+            v8 acc[4];
+            dw_four(in_rows, w, ld(bias + c), C, to, c, KS, S, b->dil, REUSE, acc);
             v8 a1 = ld(coef + c), a2 = ld(coef + C + c), b1 = ld(coef + 2 * C + c), b2 = ld(coef + 3 * C + c);
             v8 gf = ld(gf_row + c);
             for (int q = 0; q < 4; q++) {
@@ -329,47 +354,52 @@ static inline __attribute__((always_inline)) void depthwise_row(
     if (to < b->To) depthwise_tail(b, in_rows, w, bias, coef, gf_row, gate_t, o, to, KS, S);
 }
 
-/* The same row for stride 1 and no dilation, where four neighbouring outputs share KS + 3 input
-   columns: each column is loaded once per kernel row and reused by every tap that reads it, instead
-   of once per (output, tap). That turns the depthwise convolution from load-bound to FMA-bound. */
-static inline __attribute__((always_inline)) void depthwise_row_s1(
-    const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
-    const float *gate_f, const float *gate_t, float *o, int fo, int KS) {
-    int C = b->cexp, to = 0;
-    const float *gf_row = gate_f + (size_t)fo * C;
-    for (; to + 4 <= b->To; to += 4) {
-        for (int c = 0; c < C; c += VL) {
-            v8 bi = ld(bias + c);
-            v8 acc[4] = {bi, bi, bi, bi};
-            for (int i = 0; i < KS; i++) {
-                const float *row = in_rows[i] + (size_t)to * C + c;
-                v8 col[8];
-                for (int m = 0; m < KS + 3; m++) col[m] = ld(row + (size_t)m * C);
-                for (int j = 0; j < KS; j++) {
-                    v8 wij = ld(w + (i * KS + j) * C + c);
-                    for (int q = 0; q < 4; q++) acc[q] += col[q + j] * wij;
-                }
-            }
-            v8 a1 = ld(coef + c), a2 = ld(coef + C + c), b1 = ld(coef + 2 * C + c), b2 = ld(coef + 3 * C + c);
-            v8 gf = ld(gf_row + c);
-            for (int q = 0; q < 4; q++) {
-                v8 y = vmax(acc[q] * a1 + b1, acc[q] * a2 + b2);
-                st(o + (size_t)(to + q) * C + c, y * gf * ld(gate_t + (to + q) * C + c));
-            }
-        }
-    }
-    if (to < b->To) depthwise_tail(b, in_rows, w, bias, coef, gf_row, gate_t, o, to, KS, 1);
+/* Out of line (both): inlined into block_rows, they made GCC lay out the DyMN rows 3 % slower. */
+__attribute__((noinline)) static void depthwise(const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
+                            const float *gate_f, const float *gate_t, float *out, int fo) {
+    int one = b->dil == 1;
+    if (b->k == 3 && b->stride == 1 && one) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 1, 1);
+    else if (b->k == 5 && b->stride == 1 && one) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5, 1, 1);
+    else if (b->k == 3 && b->stride == 2) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 2, 0);
+    else if (b->k == 5 && b->stride == 2) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5, 2, 0);
+    else depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, b->k, b->stride, 0);
 }
 
-PHASE static void depthwise(const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
-                            const float *gate_f, const float *gate_t, float *out, int fo) {
-    if (b->k == 3 && b->stride == 1 && b->dil == 1) depthwise_row_s1(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3);
-    else if (b->k == 5 && b->stride == 1 && b->dil == 1) depthwise_row_s1(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5);
-    else if (b->k == 3 && b->stride == 1) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 1);
-    else if (b->k == 3 && b->stride == 2) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 3, 2);
-    else if (b->k == 5 && b->stride == 1) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5, 1);
-    else if (b->k == 5 && b->stride == 2) depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, 5, 2);
-    else depthwise_row(b, in_rows, w, bias, coef, gate_f, gate_t, out, fo, b->k, b->stride);
+/* A MobileNetV3 depthwise row: bias (BN shift; the scale is in the weights) and the block's
+   activation; no gates. */
+static inline __attribute__((always_inline)) void depthwise_row_mn(
+    const Block *b, const float *const *in_rows, const float *w, float *o, int KS, int S, int REUSE, int act) {
+    int C = b->cexp, d = b->dil, to = 0;
+    const float *bias = b->dw_shift;
+    for (; to + 4 <= b->To; to += 4) {
+        for (int c = 0; c < C; c += VL) {
+            v8 acc[4];
+            dw_four(in_rows, w, ld(bias + c), C, to, c, KS, S, d, REUSE, acc);
+            for (int q = 0; q < 4; q++) st(o + (size_t)(to + q) * C + c, activate(acc[q], act));
+        }
+    }
+    for (; to < b->To; to++) {
+        for (int c = 0; c < C; c += VL) {
+            v8 acc = ld(bias + c);
+            for (int i = 0; i < KS; i++)
+                for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * ld(w + (i * KS + j) * C + c);
+            st(o + (size_t)to * C + c, activate(acc, act));
+        }
+    }
+}
+
+#define DW_MN(KS, S, REUSE) do { \
+        if (b->dw_act == ACT_HSWISH) depthwise_row_mn(b, in_rows, w, out, KS, S, REUSE, ACT_HSWISH); \
+        else depthwise_row_mn(b, in_rows, w, out, KS, S, REUSE, ACT_RELU); \
+    } while (0)
+
+__attribute__((noinline)) static void depthwise_mn(const Block *b, const float *const *in_rows, const float *w, float *out) {
+    int one = b->dil == 1;
+    if (b->k == 3 && b->stride == 1 && one) DW_MN(3, 1, 1);
+    else if (b->k == 5 && b->stride == 1 && one) DW_MN(5, 1, 1);
+    else if (b->k == 3 && b->stride == 2) DW_MN(3, 2, 0);
+    else if (b->k == 5 && b->stride == 2) DW_MN(5, 2, 0);
+    else depthwise_row_mn(b, in_rows, w, out, b->k, b->stride, 0, b->dw_act);
 }
 
 /* What one block's rows need once the context and kernels are known. */
@@ -378,12 +408,19 @@ typedef struct {
     const float *x;
     float *y, *y_sum_f;
     const float *w_exp, *w_dw, *w_proj, *coef, *gate_f, *gate_t;
+    float *stash; /* mn with SE: the whole depthwise output, projected in a second pass */
+    int phase;    /* 0: rows (for SE blocks up to the depthwise output); 1: the SE blocks' projection */
 } RowJob;
 
 /* Context, Dy-ReLU coefficients, gates and the three aggregated kernels of block b (one thread). */
 static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, const float *sum_t, float *y,
                             float *y_sum_f, float *ctx, float *agg) {
     int F = b->F, T = b->T, H = b->H, C = b->cexp, K = b->K;
+    if (b->kind == KIND_MN) { /* static kernels: nothing to compute per window before the rows */
+        memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
+        RowJob job = {b, x, y, y_sum_f, b->exp_w, b->dw_w, b->proj_w, NULL, NULL, NULL, NULL, 0};
+        return job;
+    }
     /* Context: means over time (F rows) and over frequency (T rows), one shared 1x1 conv + BN + Hardswish. */
     float *rows = ctx, *joint = rows + (size_t)(F + T) * b->cin, *pooled = joint + (size_t)(F + T) * H;
     float *gate_f = pooled + (size_t)(F + T) * H, *gate_t = gate_f + (size_t)b->Fo * C;
@@ -435,8 +472,18 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
     aggregate(b->proj_w, att, K, C, b->cout, b->proj_scale, w_proj);
     TICK(1);
     memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
-    RowJob job = {b, x, y, y_sum_f, w_exp, w_dw, w_proj, coef, gate_f, gate_t};
+    RowJob job = {b, x, y, y_sum_f, w_exp, w_dw, w_proj, coef, gate_f, gate_t, NULL, 0};
     return job;
+}
+
+/* The 1x1 projection of one output row with BN shift, the residual and the next block's pooling
+   sums (which only a DyMN block's context reads: mn blocks skip them). */
+static void project_row(const RowJob *j, const float *dw_row, int fo, float *sum_t) {
+    const Block *b = j->b;
+    int pool = b->kind == KIND_DYMN;
+    Epi e = {NULL, b->proj_shift, ACT_NONE, b->residual ? j->x + (size_t)fo * b->T * b->cout : NULL, 0,
+             pool ? j->y_sum_f + (size_t)fo * b->cout : NULL, pool ? sum_t : NULL};
+    gemm(dw_row, 1, b->To, 0, b->cexp, j->w_proj, b->cout, j->y + (size_t)fo * b->To * b->cout, 0, &e);
 }
 
 /* Output rows [lo, hi) of a prepared block. The expansion rows a depthwise output row needs live in
@@ -473,13 +520,44 @@ static void block_rows(const RowJob *j, int lo, int hi, float *ring, float *dw_r
             in_rows[i] = ring + (size_t)(r % span) * row_floats;
         }
         TICK(1);
-        depthwise(b, in_rows, j->w_dw, b->dw_shift, j->coef, j->gate_f, j->gate_t, dw_row, fo);
-        TICK(2);
-        Epi e = {NULL, b->proj_shift, ACT_NONE, b->residual ? x + (size_t)fo * T * b->cout : NULL, 0,
-                 j->y_sum_f + (size_t)fo * b->cout, sum_t};
-        gemm(dw_row, 1, b->To, 0, C, j->w_proj, b->cout, j->y + (size_t)fo * b->To * b->cout, 0, &e);
+        if (b->kind == KIND_MN) {
+            float *out = b->has_se ? j->stash + (size_t)fo * b->To * C : dw_row;
+            depthwise_mn(b, in_rows, j->w_dw, out);
+            TICK(2);
+            if (b->has_se) continue; /* projected once the SE scales are known */
+        } else {
+            depthwise(b, in_rows, j->w_dw, b->dw_shift, j->coef, j->gate_f, j->gate_t, dw_row, fo);
+            TICK(2);
+        }
+        project_row(j, dw_row, fo, sum_t);
         TICK(3);
     }
+}
+
+/* Phase 1 of an SE block: project the stashed depthwise rows [lo, hi) with the scaled kernel. */
+static void block_project(const RowJob *j, int lo, int hi, float *sum_t) {
+    memset(sum_t, 0, sizeof(float) * j->b->To * j->b->cout);
+    for (int fo = lo; fo < hi; fo++) project_row(j, j->stash + (size_t)fo * j->b->To * j->b->cexp, fo, sum_t);
+    TICK(3);
+}
+
+/* Squeeze-excitation over channels (EfficientAT's mn blocks): s = sigmoid(fc2(relu(fc1(mean of the
+   depthwise output)))). Scaling input channel c of the projection by s[c] equals scaling the
+   activations, so the scaled kernel goes to `w` (cexp x cout) and the stash stays as it is. */
+static void se_scale_projection(const Block *b, const float *stash, float *tmp, float *w) {
+    int C = b->cexp, H = b->H, P = b->Fo * b->To;
+    float *mean = tmp, *hid = tmp + C;
+    for (int c = 0; c < C; c += VL) {
+        v8 acc = splat(0.f);
+        for (int q = 0; q < P; q++) acc += ld(stash + (size_t)q * C + c);
+        st(mean + c, acc / splat((float)P));
+    }
+    Epi e1 = {NULL, b->se1_b, ACT_RELU, NULL, 0, NULL, NULL}, e2 = {NULL, b->se2_b, ACT_NONE, NULL, 0, NULL, NULL};
+    gemm(mean, 1, 1, 0, C, b->se1_w, H, hid, 0, &e1);
+    gemm(hid, 1, 1, 0, H, b->se2_w, C, mean, 0, &e2);
+    sigmoid_inplace(mean, C);
+    for (int c = 0; c < C; c++)
+        for (int o = 0; o < b->cout; o += VL) st(w + (size_t)c * b->cout + o, splat(mean[c]) * ld(b->proj_w + (size_t)c * b->cout + o));
 }
 
 /* Helper threads for one forward pass: per block, the main thread prepares it alone, then every
@@ -499,7 +577,9 @@ typedef struct { Team *team; int id; } Member;
 
 static void team_share(Team *t, int id) {
     int Fo = t->job.b->Fo;
-    block_rows(&t->job, Fo * id / t->threads, Fo * (id + 1) / t->threads, t->ring[id], t->dw_row[id], t->sum_t[id]);
+    int lo = Fo * id / t->threads, hi = Fo * (id + 1) / t->threads;
+    if (t->job.phase == 0) block_rows(&t->job, lo, hi, t->ring[id], t->dw_row[id], t->sum_t[id]);
+    else block_project(&t->job, lo, hi, t->sum_t[id]);
 }
 
 static void *team_member(void *arg) {
@@ -520,7 +600,7 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
     Sizes s = sizes(n);
     float *act[2] = {n->work, n->work + s.act};
     float *ring = act[1] + s.act, *dw_row = ring + s.pad, *pool = dw_row + s.dw, *ctx = pool + s.pool, *agg = ctx + s.ctx;
-    float *emb = agg + s.agg, *hidden = emb + n->c_head, *helpers = hidden + n->hidden + 64;
+    float *stash = agg + s.agg, *emb = stash + s.stash, *hidden = emb + n->c_head, *helpers = hidden + n->hidden + 64;
     int threads = n->threads < 1 ? 1 : n->threads > MAX_THREADS ? MAX_THREADS : n->threads;
     Team team;
     Member members[MAX_THREADS];
@@ -593,15 +673,22 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
         /* The block's output sums go after its input sums (which it reads first). */
         float *y_sum_f = pool + (size_t)(b->F + b->T) * b->cin, *y_sum_t = y_sum_f + (size_t)b->Fo * b->cout;
         RowJob job = block_prepare(b, x, sum_f, sum_t, y, y_sum_f, ctx, agg);
-        if (threads == 1) {
-            block_rows(&job, 0, b->Fo, ring, dw_row, y_sum_t);
-        } else {
-            team.job = job, team.sum_t[0] = y_sum_t;
-            pthread_barrier_wait(&team.start);
-            team_share(&team, 0);
-            pthread_barrier_wait(&team.done);
-            for (int k = 1; k < threads; k++)
-                for (size_t q = 0; q < (size_t)b->To * b->cout; q++) y_sum_t[q] += team.sum_t[k][q];
+        job.stash = stash;
+        for (;;) {
+            if (threads == 1) {
+                if (job.phase == 0) block_rows(&job, 0, b->Fo, ring, dw_row, y_sum_t);
+                else block_project(&job, 0, b->Fo, y_sum_t);
+            } else {
+                team.job = job, team.sum_t[0] = y_sum_t;
+                pthread_barrier_wait(&team.start);
+                team_share(&team, 0);
+                pthread_barrier_wait(&team.done);
+                for (int k = 1; k < threads; k++)
+                    for (size_t q = 0; q < (size_t)b->To * b->cout; q++) y_sum_t[q] += team.sum_t[k][q];
+            }
+            if (!(b->kind == KIND_MN && b->has_se) || job.phase == 1) break;
+            se_scale_projection(b, stash, ctx, agg); /* between the passes, on this thread */
+            job.w_proj = agg, job.phase = 1;
         }
         /* Move the output sums to the front for the next block. */
         memmove(pool, y_sum_f, sizeof(float) * (size_t)(b->Fo + b->To) * b->cout);

@@ -83,12 +83,22 @@ def test_missing_or_broken_manifest(bundle_copy, tmp_path):
         ({"precision": "int4"}, "precision 'int4' is not one of"),
         ({"frontend": {"n_mels": 128, "bogus": 1}}, "invalid 'frontend'"),
         ({"num_classes": 50}, "labels.csv has 527 classes; manifest says 50"),
-        ({"fused": {"included": True, "file": "model.fused.npz"}}, "'fused' says 'model.fused.npz' is included, but no file has role 'fused_weights'"),
     ],
 )
 def test_invalid_manifest_fields(bundle_copy, changes, message):
     _edit_manifest(bundle_copy, **changes)
     with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy)
+
+
+def test_a_fused_record_without_its_file_is_refused(bundle_copy):
+    """A derived bundle that leaves model.fused.npz behind must drop its manifest record too."""
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    assert manifest["fused"]["included"]
+    del manifest["files"]["model.fused.npz"]
+    (bundle_copy / "model.fused.npz").unlink()
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="'fused' says 'model.fused.npz' is included, but no file has role 'fused_weights'"):
         load_bundle(bundle_copy)
 
 
@@ -109,7 +119,7 @@ def test_invalid_file_entries(bundle_copy, files, message):
 
 def test_write_bundle_is_atomic_and_refuses_to_clobber(bundle_copy, tmp_path):
     source = load_bundle(bundle_copy)
-    meta = {k: v for k, v in source.manifest.items() if k not in ("format", "format_version", "files")}
+    meta = {k: v for k, v in source.manifest.items() if k not in ("format", "format_version", "files", "fused")}
     files = {"model.onnx": (bundle_copy / "model.onnx", "onnx")}
     dest = tmp_path / "out"
     written = write_bundle(dest, files, meta, labels=source.labels)

@@ -33,7 +33,7 @@ GCC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cross_tools():
     """Skips where the tools are missing, unless DYMN_REQUIRE_AARCH64=1 (CI), where that fails."""
     if not (shutil.which(GCC) and shutil.which(QEMU)):
@@ -68,11 +68,18 @@ def _write_image(plan, windows: list[np.ndarray], path: Path, threads: int) -> N
     path.write_bytes(header + bytes(net) + bytes(blocks) + bytes(blob) + b"".join(w.astype(np.float32).tobytes() for w in windows))
 
 
-def test_generic_build_on_aarch64_matches_onnx_runtime(cross_tools, shared, tmp_path):
-    exe = tmp_path / "fused_image"
+@pytest.fixture(scope="module")
+def aarch64_program(cross_tools, tmp_path_factory):
+    exe = tmp_path_factory.mktemp("aarch64") / "fused_image"
     subprocess.run([GCC, "-O3", "-fno-wrapv", "-pthread", "-march=armv8.2-a", "-static",
                     str(REPO / "tests" / "runtime" / "csrc" / "fused_image_main.c"), "-o", str(exe), "-lm"], check=True)
-    bundle = load_bundle(embedded_bundle_path("dymn04_edge"))
+    return exe
+
+
+@pytest.mark.parametrize("name", ["dymn04_edge", "mn04_as"])  # DyMN blocks; MobileNetV3 blocks with SE in two passes
+def test_generic_build_on_aarch64_matches_onnx_runtime(aarch64_program, name, shared, tmp_path):
+    exe = aarch64_program
+    bundle = load_bundle(embedded_bundle_path(name))
     clips = [demo_clip_path(), *sorted((shared / "data" / "esc50").glob("*.flac"))[:2]]
     windows = [log_mel(load_audio(p))[:, :500].astype(np.float32) for p in clips]
     backend = create_backend("fused", bundle)

@@ -101,14 +101,39 @@ def test_trained_dymn04_edge_on_real_audio_batches_and_threads(build, shared):
     assert np.abs(fused[2].infer(batch) - singles).max() < 1e-5 and np.abs(fused[3].infer(batch) - singles).max() < 1e-5
 
 
-def test_export_records_fused_parity_and_mn_has_none(mn04_checkpoint, tmp_path):
+def test_export_records_fused_parity_for_dymn_and_mn(mn04_checkpoint, tmp_path):
     bundle = load_bundle(embedded_bundle_path("dymn04_edge"))
     record = bundle.manifest["fused"]
     assert record["included"] and record["max_abs_logit_diff"] < ATOL and bundle.file("fused_weights").name == "model.fused.npz"
+    assert record["layout_version"] == 1  # the embedded file predates mn blocks and still loads
     mn = export_bundle(mn04_checkpoint, tmp_path / "mn", include_checkpoint=False)
-    assert "fused" not in mn.manifest and mn.file("fused_weights") is None
-    with pytest.raises(BundleError, match=r"bundle has no 'fused_weights' file .*fused backend runs DyMN bundles"):
-        create_backend("fused", mn)
+    assert mn.manifest["fused"]["included"] and mn.manifest["fused"]["layout_version"] == 2
+    assert 0 < mn.manifest["fused"]["max_abs_logit_diff"] < ATOL
+    no_fused = export_bundle(mn04_checkpoint, tmp_path / "mn-plain", include_checkpoint=False, fused=False, verify_parity=False)
+    with pytest.raises(BundleError, match=r"bundle has no 'fused_weights' file .*fused backend runs DyMN and MobileNetV3 bundles"):
+        create_backend("fused", no_fused)
+
+
+def test_real_mn04_as_matches_pytorch_with_squeeze_excitation_split_between_threads(build, shared, mn04_checkpoint, tmp_path):
+    """The released mn04_as (MobileNetV3 blocks, channel SE): the SE blocks run in two passes (depthwise
+    output kept whole, then projected with an SE-scaled kernel), and both passes split between threads."""
+    model = load_checkpoint(mn04_checkpoint).model.eval()
+    weights = write_fused(model, tmp_path)
+    clips = [demo_clip_path(), *sorted((shared / "data" / "esc50").glob("*.flac"))[:2]]
+    windows = [log_mel(load_audio(p))[None, None, :, :500].astype(np.float32) for p in clips]
+    windows.append(log_mel(load_audio(demo_clip_path()))[None, None].astype(np.float32))
+    for x in windows:
+        expected = _torch_logits(model, x)
+        assert np.abs(expected).max() > 5.0
+        for threads in (1, 2, 3):
+            assert np.abs(FusedBackend(weights, n_mels=128, threads=threads).infer(x) - expected).max() < ATOL
+
+
+def test_an_mn_variant_the_fused_code_lacks_exports_without_it(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mn04", se_dims="cf").eval()
+    assert unsupported_reason(model) == "se_dims='cf': the fused code implements squeeze-excitation over channels only"
+    assert unsupported_reason(create_model("mn04", se_dims="none")) is None
 
 
 def test_a_dymn_variant_the_fused_code_lacks_exports_without_it_and_says_why(tmp_path):
@@ -140,8 +165,10 @@ def test_add_fused_weights_to_an_older_bundle(tmp_path, mn04_checkpoint):
     bundle = add_fused_weights(dest, model)
     assert bundle.manifest["fused"]["max_abs_logit_diff"] < ATOL and bundle.manifest["training"] == manifest["training"]
     assert create_backend("fused", bundle).infer(np.zeros((1, 1, 128, 200), np.float32)).shape == (1, 527)
-    with pytest.raises(ExportError, match="a mn bundle; only DyMN bundles take fused weights"):
-        add_fused_weights(export_bundle(mn04_checkpoint, tmp_path / "mn", include_checkpoint=False).path, model)
+    mn = export_bundle(mn04_checkpoint, tmp_path / "mn", include_checkpoint=False, fused=False)
+    with pytest.raises(ExportError, match="a mn bundle, but the model given is a dymn; pass the bundle's own checkpoint"):
+        add_fused_weights(mn.path, model)
+    assert add_fused_weights(mn.path, load_checkpoint(mn04_checkpoint).model).manifest["fused"]["max_abs_logit_diff"] < ATOL
 
 
 @pytest.fixture
@@ -158,11 +185,14 @@ def _save(arrays, tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda a: a.update({"layout_version": np.array([7], np.int32)}), r"fused weight layout 7; this dymn-edge reads layout 1"),
+        (lambda a: a.update({"layout_version": np.array([7], np.int32)}), r"fused weight layout 7; this dymn-edge reads layouts 1, 2"),
         (lambda a: a.pop("b3/proj_w"), r"fused weights lack 'b3/proj_w'"),
         (lambda a: a.update({"b2/dw_w": a["b2/dw_w"][:, :, :, :8]}), r"fused weight 'b2/dw_w' has shape \(4, 3, 3, 8\), expected \(4, 3, 3, 32\)"),
-        (lambda a: a.update({"b5/meta": a["b5/meta"] * np.array([1, 1, 1, 5, 1, 1, 1, 1, 1, 1, 1, 1], np.int32)}),
+        (lambda a: a.update({"b5/meta": a["b5/meta"] * np.array([1, 1, 1, 5] + [1] * 11, np.int32)}),
          r"block 5 has kernel 25 and 4 dynamic kernels; the fused code takes at most 16 and 8"),
+        (lambda a: a.update({"b5/meta": a["b5/meta"][:12]}), r"block 5 has 12 meta values; layout 2 has 15"),
+        (lambda a: a.update({"b5/meta": a["b5/meta"] + np.array([0] * 12 + [2, 0, 0], np.int32)}),
+         r"block 5 is of kind 2; the fused code runs DyMN \(0\) and mn \(1\) blocks"),
         (lambda a: a.update({"head/meta": a["head/meta"] + np.array([8, 0, 0, 0], np.int32)}),
          r"the head takes 72 channels but the last block gives 64"),
     ],

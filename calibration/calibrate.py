@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge import __version__
-from dymn_edge.runtime.bundle import INT8_PREFERENCE, Bundle, load_bundle, onnx_payload, write_bundle
+from dymn_edge.runtime.bundle import INT8_PREFERENCE, Bundle, derived_metadata, load_bundle, onnx_payload, write_bundle
 from dymn_edge.runtime.errors import BundleError, CalibrationError
 
 from .dataset import FeatureSet, build_feature_set
@@ -148,8 +148,7 @@ def calibrate_bundle(
                                  "cache_header": header, "cache_tensors": len(scales)}
         # The FP32 bundle's per-backend strategy choice does not describe this model: one strategy was quantized.
         # Nor do its fused weights, which stay behind (the fused backend runs FP32).
-        metadata = {k: v for k, v in bundle.manifest.items()
-                    if k not in ("format", "format_version", "files", "lint", "openvino", "parity", "strategy_choice", "fused")}
+        metadata = derived_metadata(bundle.manifest, drop=("lint", "openvino", "parity", "strategy_choice"))
         metadata["precision"] = "int8"
         if bundle.family == "dymn":
             metadata["export_strategy"] = strategy
@@ -204,7 +203,7 @@ def sensitivity(source: str | Path | Bundle, calibration: FeatureSet, validation
                 logger.warning("sensitivity: %s could not be quantized alone (%s)", name, e)
                 bar.advance(task)
                 continue
-            metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files", "lint")}
+            metadata = derived_metadata(bundle.manifest, drop=("lint",))
             files = onnx_payload(Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}-stage", "model.onnx", "onnx")
             part = write_bundle(dest, files, {**metadata, "precision": "int8", "name": f"{bundle.name}[{name}]"}, labels=bundle.labels)
             fid = fidelity(reference, run_model(part, validation, timed_runs=0))

@@ -105,11 +105,11 @@ def _naive_bundle(loaded, reference, dest: Path, batch: int, window_s: float, wo
 
     from dymn_edge.bench_worker import features
     from dymn_edge.export.naive import export_naive
-    from dymn_edge.runtime.bundle import write_bundle
+    from dymn_edge.runtime.bundle import derived_metadata, write_bundle
 
     path = export_naive(loaded.model, workdir / f"{reference.name}-naive.onnx", torch.from_numpy(features(window_s, batch)))
     # It holds the ONNX model only, so the grouped export's record of its fused weights stays behind too.
-    metadata = {k: v for k, v in reference.manifest.items() if k not in ("format", "format_version", "files", "lint", "strategy_choice", "fused")}
+    metadata = derived_metadata(reference.manifest, drop=("lint", "strategy_choice"))
     write_bundle(dest, {"model.onnx": (path, "onnx")}, {**metadata, "export_strategy": "naive"}, labels=reference.labels)
 
 

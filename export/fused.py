@@ -191,7 +191,7 @@ def add_fused_weights(bundle_path: str | Path, model: DyMN | MobileNetV3, probes
     """
     import tempfile
 
-    from dymn_edge.runtime.bundle import load_bundle, write_bundle
+    from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
     from dymn_edge.runtime.errors import ExportError
 
     from .onnx import _fused_payload, _parity_probes
@@ -209,5 +209,5 @@ def add_fused_weights(bundle_path: str | Path, model: DyMN | MobileNetV3, probes
         record = _fused_payload(model.eval(), files, Path(tmp), probes)
         if not record["included"]:
             raise ExportError(f"{bundle.path}: no fused weights: {record['reason']}")
-        metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files")}
+        metadata = derived_metadata(bundle.manifest)
         return write_bundle(bundle.path, files, {**metadata, "fused": record}, overwrite=True)

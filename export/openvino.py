@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dymn_edge import __version__
-from dymn_edge.runtime.bundle import Bundle, load_bundle, write_bundle
+from dymn_edge.runtime.bundle import Bundle, derived_metadata, load_bundle, write_bundle
 from dymn_edge.runtime.errors import BackendUnavailableError, BundleError, ExportError
 
 from .onnx import PARITY_ATOL, probe_features
@@ -77,16 +77,13 @@ def export_openvino(source: str | Path | Bundle, dest: str | Path, *, fp16: bool
         logger.info("OpenVINO IR of %s: max |logit diff| vs ONNX Runtime %.2e", bundle.path, diff)
         files = {"model.xml": (xml, "openvino_xml"), "model.bin": (xml.with_suffix(".bin"), "openvino_bin")}
         kept = ["onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "checkpoint"]
-        replaced = ["format", "format_version", "files"]
         # FP32 IR bundles keep the fused backend's weights (the same FP32 model); FP16 ones drop them and their record.
-        if fp16:
-            replaced.append("fused")
-        else:
+        if not fp16:
             kept.append("fused_weights")
         for name, entry in bundle.manifest["files"].items():
             if entry["role"] in kept:
                 files[name] = (bundle.path / name, entry["role"])
-        metadata = {k: v for k, v in bundle.manifest.items() if k not in replaced}
+        metadata = derived_metadata(bundle.manifest, keep_fused=not fp16)
         metadata["precision"] = "fp16" if fp16 else "fp32"
         metadata["openvino"] = {
             "version": ov.__version__, "compress_to_fp16": fp16, "producer": f"dymn-edge {__version__}",

@@ -45,7 +45,7 @@ from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_cali
 from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.backends import create_backend
 from dymn_edge.runtime.backends.tensorrt import api_generation, import_tensorrt
-from dymn_edge.runtime.bundle import Bundle, load_bundle, update_manifest, write_bundle
+from dymn_edge.runtime.bundle import Bundle, derived_metadata, load_bundle, update_manifest, write_bundle
 from dymn_edge.runtime.cuda import cuda_device
 from dymn_edge.runtime.errors import BackendUnavailableError, BundleError, ExportError
 from dymn_edge.runtime.frontend import log_mel
@@ -327,7 +327,7 @@ def build_tensorrt_bundle(
     }
     files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items() if entry["role"] in _KEPT_ROLES}
     # The engine bundle leaves the fused backend's weights behind, so their record goes too.
-    metadata = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files", "fused")}
+    metadata = derived_metadata(bundle.manifest)
     metadata.update(precision=precision, tensorrt=record)
     with tempfile.TemporaryDirectory() as tmp:
         engine_file = Path(tmp) / ENGINE_NAME

@@ -40,6 +40,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ROLES",
     "Bundle",
+    "derived_metadata",
     "is_bundle",
     "load_bundle",
     "onnx_payload",
@@ -338,6 +339,17 @@ def onnx_payload(src: str | Path, stage: Path, name: str, role: str) -> dict[str
 
 # Keys that describe the payload itself; tools may only add their own records beside them.
 _PROTECTED = ("format", "format_version", "files")
+
+
+def derived_metadata(manifest: dict[str, Any], *, drop: tuple[str, ...] = (), keep_fused: bool = False) -> dict[str, Any]:
+    """Manifest keys for a bundle made from another one (INT8, an IR, an engine, a benchmark copy).
+
+    Leaves out what ``write_bundle`` writes itself, the keys in ``drop``, and the ``fused`` record
+    unless the new bundle carries model.fused.npz too (``keep_fused``): a record of a file the bundle
+    lacks is refused when it loads.
+    """
+    gone = {*_PROTECTED, *drop, *(() if keep_fused else ("fused",))}
+    return {k: v for k, v in manifest.items() if k not in gone}
 
 
 def update_manifest(bundle: Bundle, changes: dict[str, Any]) -> Bundle:

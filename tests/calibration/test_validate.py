@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from dymn_edge.runtime.bundle import load_bundle, write_bundle
+from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
 from dymn_edge.runtime.labels import LabelSet
 from dymn_edge.runtime.registry import embedded_bundle_path
 
@@ -27,7 +27,7 @@ def _edited_bundle(tmp_path, name, edit, num_classes=None):
     edit(model)
     path = tmp_path / f"{name}.onnx"
     onnx.save(model, str(path))
-    metadata = {k: v for k, v in source.manifest.items() if k not in ("format", "format_version", "files", "lint")}
+    metadata = derived_metadata(source.manifest, drop=("lint",))
     labels = source.labels
     if num_classes:
         metadata.update(num_classes=num_classes, name=name)

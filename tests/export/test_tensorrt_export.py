@@ -21,7 +21,7 @@ from dymn_edge.calibration.calibrate import calibrate_bundle
 from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache
 from dymn_edge.cli import cli
 from dymn_edge.export.tensorrt import BatchRange, build_tensorrt_bundle
-from dymn_edge.runtime.bundle import load_bundle, update_manifest, write_bundle
+from dymn_edge.runtime.bundle import derived_metadata, load_bundle, update_manifest, write_bundle
 from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError, ExportError
 from dymn_edge.runtime.lint import lint_onnx
 from dymn_edge.runtime.registry import embedded_bundle_path
@@ -150,7 +150,7 @@ def test_qdq_bundle_needs_int8_and_must_follow_tensorrts_rules(monkeypatch, tmp_
     zero = next(t for t in model.graph.initializer if t.name.endswith("_zero_point"))
     zero.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zero) + 3, zero.name))  # asymmetric: TensorRT refuses it
     onnx.save(model, str(tmp_path / "model.onnx"))
-    meta = {k: v for k, v in qdq_bundle.manifest.items() if k not in ("format", "format_version", "files")}
+    meta = derived_metadata(qdq_bundle.manifest)
     broken = write_bundle(tmp_path / "broken", {"model.onnx": (tmp_path / "model.onnx", "onnx")}, meta, labels=qdq_bundle.labels)
     with pytest.raises(ExportError, match=r"not a Q/DQ model TensorRT accepts: .*zero point must be int8 0"):
         build_tensorrt_bundle(broken, tmp_path / "trt", int8=True)

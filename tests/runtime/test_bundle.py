@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from dymn_edge.runtime.bundle import FORMAT_VERSION, is_bundle, load_bundle, write_bundle
+from dymn_edge.runtime.bundle import FORMAT_VERSION, derived_metadata, is_bundle, load_bundle, write_bundle
 from dymn_edge.runtime.errors import BundleError, ChecksumError
 from dymn_edge.runtime.labels import LabelSet
 from dymn_edge.runtime.registry import embedded_bundle_path
@@ -119,7 +119,9 @@ def test_invalid_file_entries(bundle_copy, files, message):
 
 def test_write_bundle_is_atomic_and_refuses_to_clobber(bundle_copy, tmp_path):
     source = load_bundle(bundle_copy)
-    meta = {k: v for k, v in source.manifest.items() if k not in ("format", "format_version", "files", "fused")}
+    meta = derived_metadata(source.manifest)
+    assert "fused" in source.manifest and "fused" not in meta and "files" not in meta
+    assert derived_metadata(source.manifest, drop=("lint",), keep_fused=True)["fused"] == source.manifest["fused"]
     files = {"model.onnx": (bundle_copy / "model.onnx", "onnx")}
     dest = tmp_path / "out"
     written = write_bundle(dest, files, meta, labels=source.labels)

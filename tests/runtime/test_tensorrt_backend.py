@@ -102,7 +102,7 @@ def test_manifest_without_a_build_record_is_refused(monkeypatch, tmp_path):
 
 def test_bundle_without_an_engine_says_how_to_build_one(monkeypatch):
     install(monkeypatch, "10.3.0.30")
-    with pytest.raises(BundleError, match=r"bundle has no 'tensorrt_engine' file \(it has checkpoint, labels, onnx\); TensorRT "
+    with pytest.raises(BundleError, match=r"bundle has no 'tensorrt_engine' file \(it has checkpoint, fused_weights, labels, onnx\); TensorRT "
                                           r"engines are built on the device that runs them: dymn-edge export tensorrt .*--out BUNDLE_TRT"):
         create_backend("tensorrt", load_bundle(embedded_bundle_path()))
 

@@ -1,12 +1,14 @@
-"""``fused``: DyMN run by hand-fused C kernels (runtime/csrc/fused_dymn.c), without ONNX.
+"""``fused``: DyMN (and MobileNetV3) run by hand-fused C kernels (runtime/csrc/fused_dymn.c), without ONNX.
 
 Why a backend of its own: with standard ONNX operators, ONNX Runtime and OpenVINO keep dymn04 at
 2.6-3.4x mn04's latency, because every dynamic block becomes dozens of memory-bound passes and
 loses the fast convolution paths (docs/benchmarks.md). The C code aggregates each block's kernels
 once per window and runs expansion, depthwise convolution with Dy-ReLU and coordinate attention,
-and projection row by row. Weights come from the bundle's ``model.fused.npz``, which ``dymn-edge
-export onnx`` writes for DyMN models. Needs numpy only; the C library is compiled at install time
-(a generic build, plus an AVX2/FMA build on x86-64 that is used when the CPU has both).
+and projection row by row. MobileNetV3 ("mn") blocks run through the same rows with static
+kernels, so mn04 and dymn04 can be compared in one backend. Weights come from the bundle's
+``model.fused.npz``, which ``dymn-edge export onnx`` writes. Needs numpy only; the C library is
+compiled at install time (a generic build, plus an AVX2/FMA build on x86-64 that is used when the
+CPU has both).
 
 ``threads`` > 1 splits each block's output rows between that many threads (at most 8); the
 context and kernel aggregation of a block, the stem and the classifier stay on one.

@@ -1,4 +1,5 @@
-/* DyMN forward pass with each dynamic block fused by hand: the ``fused`` runtime backend.
+/* DyMN forward pass with each dynamic block fused by hand: the ``fused`` runtime backend. It also
+   runs MobileNetV3 ("mn") blocks through the same rows with static kernels (KIND_MN below).
 
    Why hand-written: ONNX Runtime and OpenVINO run a dynamic block as ~40 separate kernels, most
    of them memory-bound passes over the full activation (context pooling, Dy-ReLU, coordinate

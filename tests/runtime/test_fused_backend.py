@@ -287,3 +287,23 @@ def test_openvino_ir_bundles_keep_fused_weights_only_in_fp32(tmp_path):
     np.testing.assert_array_equal(create_backend("fused", fp32).infer(x), create_backend("fused", source).infer(x))
     fp16 = export_openvino(source, tmp_path / "ov16", fp16=True)
     assert "fused" not in fp16.manifest and fp16.file("fused_weights") is None
+
+
+@pytest.mark.parametrize("name, options", [("mn04", {"se_dims": "none"}), ("mn04", {"dilated": True}), ("mn10", {})])
+def test_mn_variants_without_se_dilated_and_wide_match_pytorch(name, options, tmp_path):
+    """Blocks without SE, the dilated tail (stride 1, dilation 2) and the full width, on random BN
+    statistics and a louder classifier, so that the logits are far from EfficientAT's near-zero init."""
+    torch.manual_seed(0)
+    model = create_model(name, **options).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5), m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.1, 0.1)
+        model.classifier[2].weight.mul_(10), model.classifier[5].weight.mul_(100)
+    assert unsupported_reason(model) is None
+    weights = write_fused(model, tmp_path)
+    x = log_mel(load_audio(demo_clip_path()))[None, None, :, :400].astype(np.float32)
+    expected = _torch_logits(model, x)
+    assert np.abs(expected).max() > 1.0
+    for threads in (1, 2):
+        assert np.abs(FusedBackend(weights, n_mels=128, threads=threads).infer(x) - expected).max() < ATOL

@@ -1,5 +1,6 @@
 """The shipped path (numpy frontend + ONNX Runtime) and the reference path (torch frontend + eager
 PyTorch) tag all 300 ESC-50 clips alike, and the shipped path is as accurate as EfficientAT's own.
+The fused backend on the same model gives the same rankings as ONNX Runtime.
 
 Each clip is decoded once and fed to both paths. The paths run one after the other over all clips
 rather than alternating per clip: alternating times each against the other's still-spinning
@@ -28,7 +29,7 @@ def _top_k(scores: np.ndarray, k: int = TOP_K) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def esc50(shared):
-    """Files, (N, 527) bool targets and (N, 527) float32 scores of both paths for every clip."""
+    """Files, (N, 527) bool targets and (N, 527) float32 scores of the three paths for every clip."""
     pytest.importorskip("torch")
     from dymn_edge.loader import load_tagger
     from dymn_edge.runtime.audio import load_audio
@@ -38,6 +39,7 @@ def esc50(shared):
         pytest.skip(f"{root}/labels.csv is absent")
     numpy_path = load_tagger(None, "onnxruntime", progress=False)
     torch_path = load_tagger(None, "torch", progress=False)
+    fused_path = load_tagger(None, "fused", progress=False)
     labels = numpy_path.labels
     with (root / "labels.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -48,19 +50,19 @@ def esc50(shared):
             targets[i, labels.find(name).index] = True
     waves = [load_audio(root / "audio" / name) for name in files]
     scores = {}
-    for key, tagger in (("numpy", numpy_path), ("torch", torch_path)):
+    for key, tagger in (("numpy", numpy_path), ("torch", torch_path), ("fused", fused_path)):
         scores[key] = np.stack([tagger.scores(w) for w in waves])
-    return files, targets, scores["numpy"], scores["torch"]
+    return files, targets, scores["numpy"], scores["torch"], scores["fused"]
 
 
 def test_all_300_clips_present(esc50):
-    files, targets, _, _ = esc50
+    files, targets, _, _, _ = esc50
     assert len(files) == 300
     assert int(targets.any(axis=1).sum()) == 282
 
 
 def test_numpy_onnxruntime_and_torch_paths_agree_per_clip(esc50):
-    files, _, a, b = esc50
+    files, _, a, b, _ = esc50
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64)).max(axis=1)
     top_a, top_b = _top_k(a), _top_k(b)
     failures = [
@@ -78,7 +80,7 @@ def test_numpy_onnxruntime_and_torch_paths_agree_per_clip(esc50):
 def test_top5_hit_rate_matches_efficientat(esc50):
     from dymn_edge.runtime.metrics import top_k_hits
 
-    files, targets, a, _ = esc50
+    files, targets, a, _, _ = esc50
     mapped = targets.any(axis=1)
     hits = top_k_hits(a[mapped], targets[mapped], TOP_K)
     rate = float(hits.mean())
@@ -87,3 +89,11 @@ def test_top5_hit_rate_matches_efficientat(esc50):
         f"top-5 hit rate {int(hits.sum())}/{int(mapped.sum())} = {rate:.3f}; EfficientAT gives "
         f"{EFFICIENTAT_TOP5:.3f} (+-{TOLERANCE}). Missed: {missed}"
     )
+
+
+def test_fused_backend_ranks_every_clip_as_onnx_runtime_does(esc50):
+    """The embedded mn04_as through the fused C kernels: same top-5 on all 300 clips, scores within float noise."""
+    files, _, a, _, fused = esc50
+    diff = np.abs(a.astype(np.float64) - fused.astype(np.float64)).max(axis=1)
+    differing = [files[i] for i in range(len(files)) if not np.array_equal(_top_k(a)[i], _top_k(fused)[i])]
+    assert not differing and diff.max() < 1e-4, f"max |diff| {diff.max():.3g}; top-5 differs on {differing[:10]}"

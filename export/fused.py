@@ -74,10 +74,6 @@ def _bank_1x1(conv: DynamicConv) -> np.ndarray:
     return conv.kernels()[:, :, :, 0, 0].permute(0, 2, 1).detach().numpy()  # (K, in, out)
 
 
-def _se(block) -> ConcurrentSE | None:
-    return next((m for m in block.block if isinstance(m, ConcurrentSE)), None)
-
-
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """A static convolution's kernel with BN's scale folded in (float64), channels-last, and BN's shift."""
     scale, shift = bn_scale_shift(bn)
@@ -102,34 +98,20 @@ def _mn_blocks(model: MobileNetV3, out: dict[str, np.ndarray]) -> None:
             out[p + "exp_w"], out[p + "exp_shift"] = _folded(convs[0][0], convs[0][1])
         out[p + "dw_w"], out[p + "dw_shift"] = _folded(dw, convs[-2][1])
         out[p + "proj_w"], out[p + "proj_shift"] = _folded(convs[-1][0], convs[-1][1])
-        se = _se(block)
-        if se is not None:
-            layer = se.conc_se_layers[0]
-            out[p + "se1_w"], out[p + "se1_b"] = layer.fc1.weight.t().detach().numpy(), layer.fc1.bias.detach().numpy()
-            out[p + "se2_w"], out[p + "se2_b"] = layer.fc2.weight.t().detach().numpy(), layer.fc2.bias.detach().numpy()
+        se_layer = next((m.conc_se_layers[0] for m in block.block if isinstance(m, ConcurrentSE)), None)  # channel SE only
+        if se_layer is not None:
+            out[p + "se1_w"], out[p + "se1_b"] = se_layer.fc1.weight.t().detach().numpy(), se_layer.fc1.bias.detach().numpy()
+            out[p + "se2_w"], out[p + "se2_b"] = se_layer.fc2.weight.t().detach().numpy(), se_layer.fc2.bias.detach().numpy()
         meta = {"cin": convs[0][0].in_channels, "cexp": dw.in_channels, "cout": convs[-1][0].out_channels,
                 "k": dw.kernel_size[0], "stride": dw.stride[0], "dil": dw.dilation[0], "pad": dw.padding[0],
-                "H": se.conc_se_layers[0].fc1.out_features if se is not None else 0, "K": 1, "residual": int(block.use_res_connect),
+                "H": se_layer.fc1.out_features if se_layer is not None else 0, "K": 1, "residual": int(block.use_res_connect),
                 "exp_act": _ACT[type(convs[0][2])] if has_exp else 0, "has_exp": int(has_exp),
-                "kind": KIND_MN, "dw_act": _ACT[type(convs[-2][2])], "has_se": int(se is not None)}
+                "kind": KIND_MN, "dw_act": _ACT[type(convs[-2][2])], "has_se": int(se_layer is not None)}
         out[p + "meta"] = np.array([meta[k] for k in BLOCK_META], np.int32)
 
 
-def fused_arrays(model: DyMN | MobileNetV3) -> dict[str, np.ndarray]:
-    """All arrays ``model.fused.npz`` holds; see runtime/backends/fused.py for how they are read."""
-    reason = unsupported_reason(model)
-    if reason:
-        raise ValueError(reason)
-    mn = isinstance(model, MobileNetV3)
-    blocks = model.features[1:-1] if mn else model.layers
-    out: dict[str, np.ndarray] = {"layout_version": np.array([LAYOUT_VERSION], np.int32),
-                                  "n_blocks": np.array([len(blocks)], np.int32)}
-    stem_conv, stem_bn = (model.features[0][0], model.features[0][1]) if mn else (model.in_c[0], model.in_c[1])
-    out["stem/w"] = stem_conv.weight[:, 0].permute(1, 2, 0).detach().numpy()  # (3, 3, C0)
-    out["stem/scale"], out["stem/shift"] = _bn(stem_bn)
-    if mn:
-        _mn_blocks(model, out)
-    for i, layer in enumerate([] if mn else model.layers):
+def _dymn_blocks(model: DyMN, out: dict[str, np.ndarray]) -> None:
+    for i, layer in enumerate(model.layers):
         p = f"b{i}/"
         dc: DynamicConv = layer.depth_conv
         temperatures = {m.temperature for m in layer.modules() if isinstance(m, DynamicConv)}
@@ -164,6 +146,21 @@ def fused_arrays(model: DyMN | MobileNetV3) -> dict[str, np.ndarray]:
         out[p + "joint_scale"], out[p + "joint_shift"] = _bn(cg.joint_norm)
         out[p + "cf_w"], out[p + "cf_b"] = cg.conv_f.weight[:, :, 0, 0].t().detach().numpy(), cg.conv_f.bias.detach().numpy()
         out[p + "ct_w"], out[p + "ct_b"] = cg.conv_t.weight[:, :, 0, 0].t().detach().numpy(), cg.conv_t.bias.detach().numpy()
+
+
+def fused_arrays(model: DyMN | MobileNetV3) -> dict[str, np.ndarray]:
+    """All arrays ``model.fused.npz`` holds; see runtime/backends/fused.py for how they are read."""
+    reason = unsupported_reason(model)
+    if reason:
+        raise ValueError(reason)
+    mn = isinstance(model, MobileNetV3)
+    blocks = model.features[1:-1] if mn else model.layers
+    out: dict[str, np.ndarray] = {"layout_version": np.array([LAYOUT_VERSION], np.int32),
+                                  "n_blocks": np.array([len(blocks)], np.int32)}
+    stem_conv, stem_bn = (model.features[0][0], model.features[0][1]) if mn else (model.in_c[0], model.in_c[1])
+    out["stem/w"] = stem_conv.weight[:, 0].permute(1, 2, 0).detach().numpy()  # (3, 3, C0)
+    out["stem/scale"], out["stem/shift"] = _bn(stem_bn)
+    (_mn_blocks if mn else _dymn_blocks)(model, out)
     out_conv, out_bn = (model.features[-1][0], model.features[-1][1]) if mn else (model.out_c[0], model.out_c[1])
     fc1, fc2 = model.classifier[2], model.classifier[5]
     padded = (fc2.out_features + 7) // 8 * 8  # the C GEMM writes whole vectors of 8
@@ -194,12 +191,12 @@ def add_fused_weights(bundle_path: str | Path, model: DyMN | MobileNetV3, probes
     from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
     from dymn_edge.runtime.errors import ExportError
 
-    from .onnx import _fused_payload, _parity_probes
+    from .onnx import _family, _fused_payload, _parity_probes
 
     bundle = load_bundle(bundle_path)
     if bundle.family not in ("dymn", "mn"):
         raise ExportError(f"{bundle.path}: a {bundle.family} bundle; only DyMN and MobileNetV3 bundles take fused weights")
-    family = "mn" if isinstance(model, MobileNetV3) else "dymn"
+    family = _family(model)
     if family != bundle.family:
         raise ExportError(f"{bundle.path}: a {bundle.family} bundle, but the model given is a {family}; pass the bundle's own checkpoint")
     files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items()

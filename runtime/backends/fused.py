@@ -164,11 +164,12 @@ class _Weights:
         self.c0 = int(self._get("stem/w").shape[-1])
         self.c_last, self.c_head, self.hidden, self.classes = (int(v) for v in self._get("head/meta"))
         self.blocks = []
+        n_meta = 12 if version == 1 else len(BLOCK_META)
         for i in range(self.n_blocks):
             meta = [int(v) for v in self._get(f"b{i}/meta")]
-            if len(meta) != (12 if version == 1 else len(BLOCK_META)):
-                raise BundleError(f"{path}: block {i} has {len(meta)} meta values; layout {version} has {12 if version == 1 else len(BLOCK_META)}")
-            self.blocks.append(dict(zip(BLOCK_META, meta + [0] * (len(BLOCK_META) - len(meta)))))
+            if len(meta) != n_meta:
+                raise BundleError(f"{path}: block {i} has {len(meta)} meta values; layout {version} has {n_meta}")
+            self.blocks.append(dict(zip(BLOCK_META, meta + [0] * (len(BLOCK_META) - n_meta))))
         self._check()
 
     def _get(self, key: str) -> np.ndarray:

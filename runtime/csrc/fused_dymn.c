@@ -186,6 +186,15 @@ static void gemv(const float *x, int k, const float *w, int n, const float *bias
         for (int o = 0; o < n; o += VL) st(out + o, activate(ld(out + o), act));
 }
 
+/* out[c] = mean over n rows of x (rows of C floats, C a multiple of 8), rows summed in order. */
+static void mean_rows(const float *x, int n, int C, float *out) {
+    for (int c = 0; c < C; c += VL) {
+        v8 s = splat(0.f);
+        for (int r = 0; r < n; r++) s += ld(x + (size_t)r * C + c);
+        st(out + c, s / splat((float)n));
+    }
+}
+
 enum { KIND_DYMN = 0, KIND_MN = 1 };
 
 /* A block is either DyMN's (dynamic kernels, context, Dy-ReLU, coordinate attention) or
@@ -298,15 +307,21 @@ PHASE static void avgpool3(const float *in, int n, int H, int stride, float *out
     }
 }
 
-/* Outputs [to, To) of a depthwise row one at a time: the last few columns of every row. */
+/* Bias plus the k x k taps of output `to`, channel group c: the last few columns of every row. */
+static inline v8 dw_one(const float *const *in_rows, const float *w, const float *bias, int C, int to, int c, int KS, int S, int d) {
+    v8 acc = ld(bias + c);
+    for (int i = 0; i < KS; i++)
+        for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * ld(w + (i * KS + j) * C + c);
+    return acc;
+}
+
+/* Outputs [to, To) of a DyMN depthwise row one at a time. */
 static void depthwise_tail(const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
                            const float *gf_row, const float *gate_t, float *o, int to, int KS, int S) {
-    int C = b->cexp, d = b->dil;
+    int C = b->cexp;
     for (; to < b->To; to++) {
         for (int c = 0; c < C; c += VL) {
-            v8 acc = ld(bias + c);
-            for (int i = 0; i < KS; i++)
-                for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * ld(w + (i * KS + j) * C + c);
+            v8 acc = dw_one(in_rows, w, bias, C, to, c, KS, S, b->dil);
             v8 y = vmax(acc * ld(coef + c) + ld(coef + 2 * C + c), acc * ld(coef + C + c) + ld(coef + 3 * C + c));
             st(o + (size_t)to * C + c, y * ld(gf_row + c) * ld(gate_t + to * C + c));
         }
@@ -393,14 +408,8 @@ static inline __attribute__((always_inline)) void depthwise_row_mn(
             for (int q = 0; q < 4; q++) st(o + (size_t)(to + q) * C + c, activate(acc[q], act));
         }
     }
-    for (; to < b->To; to++) {
-        for (int c = 0; c < C; c += VL) {
-            v8 acc = ld(bias + c);
-            for (int i = 0; i < KS; i++)
-                for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * ld(w + (i * KS + j) * C + c);
-            st(o + (size_t)to * C + c, activate(acc, act));
-        }
-    }
+    for (; to < b->To; to++)
+        for (int c = 0; c < C; c += VL) st(o + (size_t)to * C + c, activate(dw_one(in_rows, w, bias, C, to, c, KS, S, d), act));
 }
 
 #define DW_MN(KS, S, REUSE) do { \
@@ -444,12 +453,7 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
     for (int t = 0; t < T; t++) for (int c = 0; c < b->cin; c++) rows[(F + t) * b->cin + c] = sum_t[t * b->cin + c] / F;
     Epi e_joint = {b->joint_scale, b->joint_shift, ACT_HSWISH, NULL, 0, NULL, NULL};
     gemm(rows, 1, F + T, 0, b->cin, b->joint_w, H, joint, 0, &e_joint);
-    /* h = mean of the joint rows; H is a multiple of 8, so whole vectors, rows summed in order. */
-    for (int j = 0; j < H; j += VL) {
-        v8 s = splat(0.f);
-        for (int r = 0; r < F + T; r++) s += ld(joint + (size_t)r * H + j);
-        st(h + j, s / splat((float)(F + T)));
-    }
+    mean_rows(joint, F + T, H, h);
     const float *pf = joint, *pt = joint + (size_t)F * H;
     if (b->stride > 1) {
         avgpool3(joint, F, H, b->stride, pooled, b->Fo);
@@ -463,15 +467,8 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
     sigmoid_inplace(gate_t, (size_t)b->To * C);
     /* Dy-ReLU coefficients, stored as four planes of C: slope 1, slope 2, offset 1, offset 2. */
     float *z = att + 8;
-    /* Row by row through dy_w (H x 4C, up to 300 KB, read once per window from L3): a contiguous
-       stream the prefetcher follows, into sums that stay in L1. Reading it column-wise ran at a
-       third of the speed. */
-    memcpy(z, b->dy_b, sizeof(float) * 4 * C);
-    for (int j = 0; j < H; j++) {
-        v8 hj = splat(h[j]);
-        const float *wj = b->dy_w + (size_t)j * 4 * C;
-        for (int o = 0; o < 4 * C; o += VL) st(z + o, ld(z + o) + hj * ld(wj + o));
-    }
+    /* Row by row through dy_w (H x 4C, up to 300 KB): reading it column-wise ran at a third of the speed. */
+    gemv(h, H, b->dy_w, 4 * C, b->dy_b, ACT_NONE, z);
     for (int o = 0; o < 4 * C; o += VL) st(z + o, splat(2.f) * vsigmoid(ld(z + o)) - splat(1.f));
     for (int o = 0; o < 4 * C; o++) coef[(o % 4) * C + o / 4] = z[o] * b->lambdas[o % 4] + b->init_v[o % 4];
     TICK(0);
@@ -562,14 +559,9 @@ static void block_project(const RowJob *j, int lo, int hi, float *sum_t) {
 static void se_scale_projection(const Block *b, const float *stash, float *tmp, float *w) {
     int C = b->cexp, H = b->H, P = b->Fo * b->To;
     float *mean = tmp, *hid = tmp + C;
-    for (int c = 0; c < C; c += VL) {
-        v8 acc = splat(0.f);
-        for (int q = 0; q < P; q++) acc += ld(stash + (size_t)q * C + c);
-        st(mean + c, acc / splat((float)P));
-    }
-    Epi e1 = {NULL, b->se1_b, ACT_RELU, NULL, 0, NULL, NULL}, e2 = {NULL, b->se2_b, ACT_NONE, NULL, 0, NULL, NULL};
-    gemm(mean, 1, 1, 0, C, b->se1_w, H, hid, 0, &e1);
-    gemm(hid, 1, 1, 0, H, b->se2_w, C, mean, 0, &e2);
+    mean_rows(stash, P, C, mean);
+    gemv(mean, C, b->se1_w, H, b->se1_b, ACT_RELU, hid);
+    gemv(hid, H, b->se2_w, C, b->se2_b, ACT_NONE, mean);
     sigmoid_inplace(mean, C);
     for (int c = 0; c < C; c++)
         for (int o = 0; o < b->cout; o += VL) st(w + (size_t)c * b->cout + o, splat(mean[c]) * ld(b->proj_w + (size_t)c * b->cout + o));

@@ -86,13 +86,14 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
     for strategy in wanted:
         dest = workdir / f"{source.name}-{strategy}"
         logger.warning("exporting %s with strategy %s for the benchmark", source.name, strategy)
+        with_fused = strategy in ("grouped", "static")  # the one export per model that carries model.fused.npz
         if strategy == "naive":
             _naive_bundle(loaded, load_bundle(workdir / f"{source.name}-grouped"), dest, batch, window_s, workdir)
         else:
             export_bundle(loaded, dest, name=source.name, strategy="grouped" if strategy == "static" else strategy,
-                          batch=batch, window_s=window_s, include_checkpoint=False, verify_parity=False, fused=strategy in ("grouped", "static"))
+                          batch=batch, window_s=window_s, include_checkpoint=False, verify_parity=False, fused=with_fused)
         out += [Candidate(source.name, b, strategy, t, str(dest)) for b in backends if b not in ("torch", "fused") for t in threads]
-        if strategy in ("grouped", "static") and "fused" in backends and load_bundle(dest).file("fused_weights"):
+        if with_fused and "fused" in backends and load_bundle(dest).file("fused_weights"):
             # One fused candidate: it reads model.fused.npz, which the DyMN and mn exports carry.
             out += [Candidate(source.name, "fused", "fused", t, str(dest)) for t in threads]
     return out

@@ -1,10 +1,10 @@
 """`dymn-edge bench`: side-by-side measurement in worker processes, honest memory, clear errors."""
 
 import json
-import shutil
 import subprocess
 import sys
 
+from bundle_copies import without_fused_weights
 from dymn_edge.runtime.registry import embedded_bundle_path
 
 
@@ -51,12 +51,7 @@ def test_bench_bad_input(tmp_path):
     assert proc.returncode == 2 and "expected a comma-separated subset of torch, onnxruntime, openvino" in proc.stderr
     proc = _bench("mn04_as", "--threads", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "thread counts must be >= 1" in proc.stderr
-    plain = tmp_path / "plain"  # the embedded mn04_as without its fused weights
-    shutil.copytree(embedded_bundle_path("mn04_as"), plain)
-    manifest = json.loads((plain / "manifest.json").read_text())
-    del manifest["files"]["model.fused.npz"], manifest["fused"]
-    (plain / "model.fused.npz").unlink()
-    (plain / "manifest.json").write_text(json.dumps(manifest))
+    plain = without_fused_weights("mn04_as", tmp_path / "plain")
     proc = _bench(str(plain), "--backend", "fused", cwd=tmp_path)
     assert proc.returncode == 1 and "nothing to benchmark: no candidate for these models and backends" in proc.stderr
     proc = _bench("no_such_model", cwd=tmp_path)

@@ -4,7 +4,6 @@ trained dymn04_edge, both compiled builds, batches and threads, and every bad in
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -25,6 +24,7 @@ from dymn_edge.runtime.registry import demo_clip_path, embedded_bundle_path
 from dymn_edge.train import create_model
 from dymn_edge.train.checkpoint import load_checkpoint
 from dymn_edge.train.models import DyMNConfig
+from bundle_copies import without_fused_weights
 from seeded_models import seeded_reference_model
 
 ATOL = 1e-4
@@ -153,12 +153,8 @@ def test_a_dymn_variant_the_fused_code_lacks_exports_without_it_and_says_why(tmp
 
 
 def test_add_fused_weights_to_an_older_bundle(tmp_path, mn04_checkpoint):
-    dest = tmp_path / "old"
-    shutil.copytree(embedded_bundle_path("dymn04_edge"), dest)
+    dest = without_fused_weights("dymn04_edge", tmp_path / "old")
     manifest = json.loads((dest / "manifest.json").read_text())
-    del manifest["files"]["model.fused.npz"], manifest["fused"]
-    (dest / "model.fused.npz").unlink()
-    (dest / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="bundle has no 'fused_weights' file"):
         create_backend("fused", load_bundle(dest))
     model = load_checkpoint(dest / "model.pt").model

@@ -98,17 +98,34 @@ static inline v8 activate(v8 v, int act) {
 
 /* What a GEMM does with each output: out = act(acc * scale + shift) [+ res]; pool sums. */
 typedef struct {
-    const float *scale, *shift; /* per output channel; either may be NULL */
+    const float *scale, *shift; /* per output channel; scale may be NULL */
     int act;
     const float *res; int res_stride; /* residual, same (t, c) layout as out, row stride per f */
     float *pool_f, *pool_t;           /* when set: += output into [f][c] and [t][c] */
 } Epi;
 
+/* Which epilogue a GEMM runs. The hot ones (expansion, projection) get copies with these flags
+   known at compile time: with them read at run time per vector, the epilogue's branches and the
+   stack copies of the accumulators cost as much as the arithmetic for cin 8..32 (the 8 -> 24
+   expansion ran at 20 GMAC/s, 34 with its own copy; machine B). */
+typedef struct { int scale, act, res, pool; } Mode;
+
+/* Hardswish for the GEMM epilogue, its constants read through volatile so they are loaded where
+   used. Left to itself, GCC kept one of them in a register across the tile loop, and the 6 x 16
+   tile, which needs all 16, then kept an accumulator on the stack: the 80 -> 480 expansion ran at
+   22 instead of 47 GMAC/s (machine B). */
+static const float HS_THREE = 3.f, HS_SIX = 6.f, HS_SIXTH = 1.f / 6.f;
+static inline v8 hswish_in_tile(v8 v) {
+    v8 three = splat(*(const volatile float *)&HS_THREE), six = splat(*(const volatile float *)&HS_SIX);
+    v8 sixth = splat(*(const volatile float *)&HS_SIXTH);
+    return v * vmin(vmax(v + three, splat(0.f)), six) * sixth;
+}
+
 /* One tile: R rows (positions) x NV vectors of 8 output channels, accumulated in registers.
    R * NV <= 12 keeps accumulators, weights and the broadcast input within AVX2's 16 registers. */
 static inline __attribute__((always_inline)) void tile(
     const float *in, int cin, const float *w, int cout, int co, float *out, int R, int NV,
-    const Epi *e, int f, int t0, const float *res) {
+    const Epi *e, Mode m, int f, int t0, const float *res) {
     v8 acc[12][3];
     for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = splat(0.f);
     for (int ci = 0; ci < cin; ci++) {
@@ -119,34 +136,44 @@ static inline __attribute__((always_inline)) void tile(
             for (int v = 0; v < NV; v++) acc[r][v] += x * wv[v];
         }
     }
+    /* Locals, not e->...: st() is a memcpy, which may alias anything, so fields read through e
+       would be reloaded after every store. */
+    const float *scale = e->scale, *shift = e->shift;
+    float *pool_f = e->pool_f, *pool_t = e->pool_t;
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
         int c = co + v * VL;
-        v8 sc = e->scale ? ld(e->scale + c) : splat(1.f), sh = e->shift ? ld(e->shift + c) : splat(0.f);
+        v8 sc = m.scale ? ld(scale + c) : splat(1.f), sh = ld(shift + c);
         v8 row_sum = splat(0.f);
+#pragma GCC unroll 12
         for (int r = 0; r < R; r++) {
-            v8 y = activate(acc[r][v] * sc + sh, e->act);
-            if (res) y += ld(res + r * cout + c);
+            /* acc * 1 + shift rather than acc + shift: the same speed, and the rounding of the code
+               before this epilogue was specialised. Compiled as acc + shift, the seeded dymn04's
+               real-audio row moved from 9.2e-5 to 1.1e-4 off EfficientAT, over the 1e-4 allowed. */
+            v8 y = acc[r][v] * sc + sh;
+            y = m.act == ACT_HSWISH ? hswish_in_tile(y) : activate(y, m.act);
+            if (m.res) y += ld(res + r * cout + c);
             st(out + r * cout + c, y);
-            if (e->pool_f) {
+            if (m.pool) {
                 row_sum += y;
-                st(e->pool_t + (t0 + r) * cout + c, ld(e->pool_t + (t0 + r) * cout + c) + y);
+                float *pt = pool_t + (t0 + r) * cout + c;
+                st(pt, ld(pt) + y);
             }
         }
         /* One update of the frequency sum per tile: per row, its load-add-store chain stalled the GEMM. */
-        if (e->pool_f) st(e->pool_f + f * cout + c, ld(e->pool_f + f * cout + c) + row_sum);
+        if (m.pool) st(pool_f + f * cout + c, ld(pool_f + f * cout + c) + row_sum);
     }
 }
 
-#define TILE(R, NV) tile(a, cin, w, cout, co, o, R, NV, e, f, t, rs)
+#define TILE(R, NV) tile(a, cin, w, cout, co, o, R, NV, e, m, f, t, rs)
 #define CASE(R, NV) case R: TILE(R, NV); break;
 
 /* out[f][t][:] = epilogue(in[f][t][:] @ w), w is (cin, cout) row-major, cout a multiple of 8.
    Rows of f are in_stride / out_stride floats apart. Columns go in groups of 8, 16 or 24 with
-   12, 6 or 4 rows per tile.
-   noipa: every call passes nf = 1, and with GCC's constant-propagated clone of this function
-   the whole forward ran 7.8 instead of 5.9 ms (dymn04_edge, machine B). */
-__attribute__((noipa)) static void gemm(const float *in, int nf, int nt, int in_stride, int cin, const float *w, int cout,
-                                        float *out, int out_stride, const Epi *e) {
+   12, 6 or 4 rows per tile. */
+static inline __attribute__((always_inline)) void gemm_mode(const float *in, int nf, int nt, int in_stride, int cin,
+                                                            const float *w, int cout, float *out, int out_stride,
+                                                            const Epi *e, Mode m) {
     for (int co = 0; co < cout;) {
         int nv = cout - co >= 24 && (cout - co) % 16 != 0 ? 3 : cout - co >= 16 ? 2 : 1;
         int mr = nv == 1 ? 12 : nv == 2 ? 6 : 4;
@@ -155,7 +182,7 @@ __attribute__((noipa)) static void gemm(const float *in, int nf, int nt, int in_
                 int rows = nt - t < mr ? nt - t : mr;
                 const float *a = in + (size_t)f * in_stride + (size_t)t * cin;
                 float *o = out + (size_t)f * out_stride + (size_t)t * cout;
-                const float *rs = e->res ? e->res + (size_t)f * e->res_stride + (size_t)t * cout : NULL;
+                const float *rs = m.res ? e->res + (size_t)f * e->res_stride + (size_t)t * cout : NULL;
                 if (nv == 3) {
                     switch (rows) { CASE(4, 3) CASE(3, 3) CASE(2, 3) default: TILE(1, 3); }
                 } else if (nv == 2) {
@@ -170,6 +197,35 @@ __attribute__((noipa)) static void gemm(const float *in, int nf, int nt, int in_
         }
         co += nv * VL;
     }
+}
+
+/* One function per epilogue. noipa: every call passes nf = 1, and with GCC's constant-propagated
+   clone of gemm the whole forward ran 7.8 instead of 5.9 ms (dymn04_edge, machine B). Separate
+   functions, not one: with all seven copies inlined into one body, GCC compiled the Hardswish
+   copy at half the speed it reaches on its own. */
+#define GEMM_FN(NAME, MODE)                                                                                  \
+    __attribute__((noipa)) static void NAME(const float *in, int nf, int nt, int in_stride, int cin,         \
+                                            const float *w, int cout, float *out, int out_stride, const Epi *e) { \
+        gemm_mode(in, nf, nt, in_stride, cin, w, cout, out, out_stride, e, MODE);                           \
+    }
+GEMM_FN(gemm_shift, ((Mode){0, ACT_NONE, 0, 0}))
+GEMM_FN(gemm_shift_relu, ((Mode){0, ACT_RELU, 0, 0}))
+GEMM_FN(gemm_shift_hswish, ((Mode){0, ACT_HSWISH, 0, 0}))
+GEMM_FN(gemm_res_pool, ((Mode){0, ACT_NONE, 1, 1}))
+GEMM_FN(gemm_res, ((Mode){0, ACT_NONE, 1, 0}))
+GEMM_FN(gemm_pool, ((Mode){0, ACT_NONE, 0, 1}))
+GEMM_FN(gemm_any, ((Mode){e->scale != NULL, e->act, e->res != NULL, e->pool_f != NULL}))
+
+/* gemm_mode with the epilogue that e asks for; e->shift is required. */
+static void gemm(const float *in, int nf, int nt, int in_stride, int cin, const float *w, int cout, float *out,
+                 int out_stride, const Epi *e) {
+    int sc = e->scale != NULL, res = e->res != NULL, pool = e->pool_f != NULL;
+    void (*fn)(const float *, int, int, int, int, const float *, int, float *, int, const Epi *) = gemm_any;
+    if (!sc && !res && !pool) /* expansions and gates */
+        fn = e->act == ACT_RELU ? gemm_shift_relu : e->act == ACT_HSWISH ? gemm_shift_hswish : gemm_shift;
+    else if (!sc && e->act == ACT_NONE) /* projections */
+        fn = res && pool ? gemm_res_pool : res ? gemm_res : gemm_pool;
+    fn(in, nf, nt, in_stride, cin, w, cout, out, out_stride, e);
 }
 
 /* out = act(x @ w + bias) for one input row: w (k, n) row-major is read row by row, a contiguous

@@ -232,12 +232,13 @@ static void gemm(const float *in, int nf, int nt, int in_stride, int cin, const 
 
 /* out = act(x @ w + bias) for one input row: w (k, n) row-major is read row by row, a contiguous
    stream the prefetcher follows (the column blocks gemm walks for one row were 2 KB strides apart;
-   the classifier's 1.9 MB of weights come from L3 every window). n a multiple of 8. */
-static void gemv(const float *x, int k, const float *w, int n, const float *bias, int act, float *out) {
+   the classifier's 1.9 MB of weights come from L3 every window). n a multiple of 8; rows of w are
+   ldw floats apart (n for a whole matrix, more for a slice of its columns). */
+static void gemv(const float *x, int k, const float *w, size_t ldw, int n, const float *bias, int act, float *out) {
     memcpy(out, bias, sizeof(float) * n);
     for (int i = 0; i < k; i++) {
         v8 xi = splat(x[i]);
-        const float *wi = w + (size_t)i * n;
+        const float *wi = w + (size_t)i * ldw;
         for (int o = 0; o < n; o += VL) st(out + o, ld(out + o) + xi * ld(wi + o));
     }
     if (act != ACT_NONE)
@@ -305,7 +306,7 @@ static Sizes sizes(const Net *n) {
         s.pad = max_sz(s.pad, (size_t)((b->k - 1) * b->dil + 2) * (b->T + 2 * b->pad) * b->cexp);
         s.dw = max_sz(s.dw, (size_t)b->To * b->cexp);
         s.pool = max_sz(s.pool, (size_t)(b->F + b->T) * b->cin + (size_t)(b->Fo + b->To) * b->cout);
-        s.ctx = max_sz(s.ctx, (size_t)(b->F + b->T) * (b->cin + 2 * b->H) + (size_t)(b->Fo + b->To) * b->cexp + 8 * (size_t)b->cexp + b->H + 16);
+        s.ctx = max_sz(s.ctx, (size_t)(b->F + b->T) * (b->cin + 2 * b->H) + (size_t)(b->Fo + b->To) * b->cexp + 8 * (size_t)b->cexp + b->H + 32);
         s.agg = max_sz(s.agg, (size_t)b->cin * b->cexp + (size_t)b->k * b->k * b->cexp + (size_t)b->cexp * b->cout + 4 * (size_t)b->cexp);
         s.rowsum = max_sz(s.rowsum, (size_t)b->To * b->cout);
         s.ctx = max_sz(s.ctx, (size_t)b->cexp + b->H + 16);
@@ -337,14 +338,15 @@ PHASE static void softmax_attention(const float *w, const float *b, const float 
 }
 
 /* dst = (sum_k a_k bank[k]) * scale[column]: the per-input kernel with BN's scale applied.
-   Each bank is (rows, channels) row-major, channels a multiple of 8. */
-PHASE static void aggregate(const float *bank, const float *a, int K, size_t rows, int channels, const float *scale, float *dst) {
-    size_t n = rows * channels;
+   Each bank is (rows, channels) row-major, channels a multiple of 8; its K kernels are `stride`
+   floats apart (rows * channels for a whole bank, more when rows is a slice of its rows). */
+PHASE static void aggregate(const float *bank, const float *a, int K, size_t rows, int channels, size_t stride,
+                            const float *scale, float *dst) {
     for (size_t r = 0; r < rows; r++) {
         for (int c = 0; c < channels; c += VL) {
             size_t i = r * channels + c;
             v8 s = splat(a[0]) * ld(bank + i);
-            for (int k = 1; k < K; k++) s += splat(a[k]) * ld(bank + k * n + i);
+            for (int k = 1; k < K; k++) s += splat(a[k]) * ld(bank + k * stride + i);
             st(dst + i, s * ld(scale + c));
         }
     }
@@ -494,12 +496,68 @@ typedef struct {
     int phase;    /* 0: rows (for SE blocks up to the depthwise output); 1: the SE blocks' projection */
 } RowJob;
 
-/* Context, Dy-ReLU coefficients, gates and the three aggregated kernels of block b (one thread). */
+/* The part of a DyMN block's preparation that splits between threads: the two coordinate-attention
+   gates, the Dy-ReLU coefficients and the three aggregated kernels. Each thread takes a slice of
+   rows or columns, so the results are bitwise the same for any number of threads. */
+typedef struct {
+    const Block *b;
+    const float *h, *pf, *pt;   /* the pooled context and its frequency / time rows */
+    const float *att;           /* softmax attention over the K kernels: expansion, depthwise, projection, 8 apart */
+    float *gate_f, *gate_t, *coef, *z, *w_exp, *w_dw, *w_proj;
+} Prep;
+
+/* Share id of n of `total` items, in whole groups of `unit`. */
+static void slice(int total, int unit, int id, int n, int *lo, int *hi) {
+    int groups = total / unit;
+    *lo = groups * id / n * unit, *hi = groups * (id + 1) / n * unit;
+}
+
+static void prepare_share(const Prep *p, int id, int n) {
+    const Block *b = p->b;
+    int H = b->H, C = b->cexp, K = b->K, lo, hi;
+    Epi e_f = {NULL, b->cf_b, ACT_NONE, NULL, 0, NULL, NULL}, e_t = {NULL, b->ct_b, ACT_NONE, NULL, 0, NULL, NULL};
+    slice(b->Fo, 1, id, n, &lo, &hi);
+    if (hi > lo) {
+        gemm(p->pf + (size_t)lo * H, 1, hi - lo, 0, H, b->cf_w, C, p->gate_f + (size_t)lo * C, 0, &e_f);
+        sigmoid_inplace(p->gate_f + (size_t)lo * C, (size_t)(hi - lo) * C);
+    }
+    slice(b->To, 1, id, n, &lo, &hi);
+    if (hi > lo) {
+        gemm(p->pt + (size_t)lo * H, 1, hi - lo, 0, H, b->ct_w, C, p->gate_t + (size_t)lo * C, 0, &e_t);
+        sigmoid_inplace(p->gate_t + (size_t)lo * C, (size_t)(hi - lo) * C);
+    }
+    /* Dy-ReLU coefficients, stored as four planes of C: slope 1, slope 2, offset 1, offset 2.
+       Row by row through dy_w (H x 4C, up to 2 MB): reading it column-wise ran at a third of the speed. */
+    slice(4 * C, VL, id, n, &lo, &hi);
+    if (hi > lo) {
+        float *z = p->z;
+        gemv(p->h, H, b->dy_w + lo, 4 * (size_t)C, hi - lo, b->dy_b + lo, ACT_NONE, z + lo);
+        for (int o = lo; o < hi; o += VL) st(z + o, splat(2.f) * vsigmoid(ld(z + o)) - splat(1.f));
+        for (int o = lo; o < hi; o++) p->coef[(o % 4) * C + o / 4] = z[o] * b->lambdas[o % 4] + b->init_v[o % 4];
+    }
+    TICK(0);
+    /* This input's three kernels, with BN's scales applied. */
+    if (b->has_exp) {
+        slice(b->cin, 1, id, n, &lo, &hi);
+        aggregate(b->exp_w + (size_t)lo * C, p->att, K, hi - lo, C, (size_t)b->cin * C, b->exp_scale, p->w_exp + (size_t)lo * C);
+    }
+    slice(b->k * b->k, 1, id, n, &lo, &hi);
+    aggregate(b->dw_w + (size_t)lo * C, p->att + 8, K, hi - lo, C, (size_t)b->k * b->k * C, b->dw_scale, p->w_dw + (size_t)lo * C);
+    slice(C, 1, id, n, &lo, &hi);
+    aggregate(b->proj_w + (size_t)lo * b->cout, p->att + 16, K, hi - lo, b->cout, (size_t)C * b->cout, b->proj_scale,
+              p->w_proj + (size_t)lo * b->cout);
+    TICK(1);
+}
+
+/* Block b's context on one thread: pooled rows, the shared 1x1 conv, its mean h and the kernel
+   attentions. The rest of the preparation (prep, for DyMN blocks; prep->b stays NULL for mn
+   blocks, whose kernels are static) is prepare_share's, after which the rows can run. */
 static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, const float *sum_t, float *y,
-                            float *y_sum_f, float *ctx, float *agg) {
+                            float *y_sum_f, float *ctx, float *agg, Prep *prep) {
     int F = b->F, T = b->T, H = b->H, C = b->cexp, K = b->K;
+    memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
+    prep->b = NULL;
     if (b->kind == KIND_MN) { /* static kernels: nothing to compute per window before the rows */
-        memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
         RowJob job = {b, x, y, y_sum_f, b->exp_w, b->dw_w, b->proj_w, NULL, NULL, NULL, NULL, 0};
         return job;
     }
@@ -518,30 +576,11 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
         avgpool3(joint + (size_t)F * H, T, H, b->stride, pooled + (size_t)b->Fo * H, b->To);
         pf = pooled, pt = pooled + (size_t)b->Fo * H;
     }
-    Epi e_f = {NULL, b->cf_b, ACT_NONE, NULL, 0, NULL, NULL}, e_t = {NULL, b->ct_b, ACT_NONE, NULL, 0, NULL, NULL};
-    gemm(pf, 1, b->Fo, 0, H, b->cf_w, C, gate_f, 0, &e_f);
-    gemm(pt, 1, b->To, 0, H, b->ct_w, C, gate_t, 0, &e_t);
-    sigmoid_inplace(gate_f, (size_t)b->Fo * C);
-    sigmoid_inplace(gate_t, (size_t)b->To * C);
-    /* Dy-ReLU coefficients, stored as four planes of C: slope 1, slope 2, offset 1, offset 2. */
-    float *z = att + 8;
-    /* Row by row through dy_w (H x 4C, up to 300 KB): reading it column-wise ran at a third of the speed. */
-    gemv(h, H, b->dy_w, 4 * C, b->dy_b, ACT_NONE, z);
-    for (int o = 0; o < 4 * C; o += VL) st(z + o, splat(2.f) * vsigmoid(ld(z + o)) - splat(1.f));
-    for (int o = 0; o < 4 * C; o++) coef[(o % 4) * C + o / 4] = z[o] * b->lambdas[o % 4] + b->init_v[o % 4];
-    TICK(0);
-    /* This input's three kernels, with BN's scales applied. */
+    if (b->has_exp) softmax_attention(b->exp_att_w, b->exp_att_b, h, H, K, b->inv_temp, att);
+    softmax_attention(b->dw_att_w, b->dw_att_b, h, H, K, b->inv_temp, att + 8);
+    softmax_attention(b->proj_att_w, b->proj_att_b, h, H, K, b->inv_temp, att + 16);
     float *w_exp = agg, *w_dw = w_exp + (size_t)b->cin * C, *w_proj = w_dw + (size_t)b->k * b->k * C;
-    if (b->has_exp) {
-        softmax_attention(b->exp_att_w, b->exp_att_b, h, H, K, b->inv_temp, att);
-        aggregate(b->exp_w, att, K, b->cin, C, b->exp_scale, w_exp);
-    }
-    softmax_attention(b->dw_att_w, b->dw_att_b, h, H, K, b->inv_temp, att);
-    aggregate(b->dw_w, att, K, (size_t)b->k * b->k, C, b->dw_scale, w_dw);
-    softmax_attention(b->proj_att_w, b->proj_att_b, h, H, K, b->inv_temp, att);
-    aggregate(b->proj_w, att, K, C, b->cout, b->proj_scale, w_proj);
-    TICK(1);
-    memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
+    *prep = (Prep){b, h, pf, pt, att, gate_f, gate_t, coef, att + 24, w_exp, w_dw, w_proj};
     RowJob job = {b, x, y, y_sum_f, w_exp, w_dw, w_proj, coef, gate_f, gate_t, NULL, 0};
     return job;
 }
@@ -618,8 +657,8 @@ static void se_scale_projection(const Block *b, const float *stash, float *tmp, 
     int C = b->cexp, H = b->H, P = b->Fo * b->To;
     float *mean = tmp, *hid = tmp + C;
     mean_rows(stash, P, C, mean);
-    gemv(mean, C, b->se1_w, H, b->se1_b, ACT_RELU, hid);
-    gemv(hid, H, b->se2_w, C, b->se2_b, ACT_NONE, mean);
+    gemv(mean, C, b->se1_w, H, H, b->se1_b, ACT_RELU, hid);
+    gemv(hid, H, b->se2_w, C, C, b->se2_b, ACT_NONE, mean);
     sigmoid_inplace(mean, C);
     for (int c = 0; c < C; c++)
         for (int o = 0; o < b->cout; o += VL) st(w + (size_t)c * b->cout + o, splat(mean[c]) * ld(b->proj_w + (size_t)c * b->cout + o));
@@ -657,22 +696,28 @@ static void spin_barrier_wait(SpinBarrier *b, int *sense) {
     }
 }
 
-/* Helper threads for one forward pass: per block, the main thread prepares it alone, then every
-   thread runs its share of the output rows between two barriers. Created and joined per call:
-   about 0.1 ms, against a few ms of rows they share. */
+/* Helper threads for one forward pass: per block, the main thread computes the context alone, then
+   every thread runs its share of the rest of the preparation (DyMN blocks) and of the output rows,
+   each task between two barriers. Created and joined per call: about 0.1 ms, against a few ms of
+   work they share. */
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int ready;                       /* set once the barriers exist, sized for the threads that started */
     SpinBarrier start, done;
-    int threads, stop;
+    int threads, stop, preparing;   /* preparing: the task is prep, not job's rows */
     RowJob job;
+    Prep prep;
     float *ring[MAX_THREADS], *dw_row[MAX_THREADS], *sum_t[MAX_THREADS];
 } Team;
 
 typedef struct { Team *team; int id; } Member;
 
 static void team_share(Team *t, int id) {
+    if (t->preparing) {
+        prepare_share(&t->prep, id, t->threads);
+        return;
+    }
     int Fo = t->job.b->Fo;
     int lo = Fo * id / t->threads, hi = Fo * (id + 1) / t->threads;
     if (t->job.phase == 0) block_rows(&t->job, lo, hi, t->ring[id], t->dw_row[id], t->sum_t[id]);
@@ -714,7 +759,7 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
     if (threads > 1) {
         /* Start the helpers first; the barriers are sized for those that started (fewer only if
            pthread_create fails), and the helpers wait for them behind a condition variable. */
-        team.stop = 0, team.ready = 0;
+        team.stop = 0, team.ready = 0, team.preparing = 0;
         pthread_mutex_init(&team.mu, NULL);
         pthread_cond_init(&team.cv, NULL);
         team.ring[0] = ring, team.dw_row[0] = dw_row;
@@ -777,8 +822,18 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
         float *y = act[(i + 1) % 2];
         /* The block's output sums go after its input sums (which it reads first). */
         float *y_sum_f = pool + (size_t)(b->F + b->T) * b->cin, *y_sum_t = y_sum_f + (size_t)b->Fo * b->cout;
-        RowJob job = block_prepare(b, x, sum_f, sum_t, y, y_sum_f, ctx, agg);
+        Prep prep;
+        RowJob job = block_prepare(b, x, sum_f, sum_t, y, y_sum_f, ctx, agg, &prep);
         job.stash = stash;
+        if (prep.b && threads == 1) {
+            prepare_share(&prep, 0, 1);
+        } else if (prep.b) {
+            team.prep = prep, team.preparing = 1;
+            spin_barrier_wait(&team.start, &sense_start);
+            team_share(&team, 0);
+            spin_barrier_wait(&team.done, &sense_done);
+            team.preparing = 0;
+        }
         for (;;) {
             if (threads == 1) {
                 if (job.phase == 0) block_rows(&job, 0, b->Fo, ring, dw_row, y_sum_t);
@@ -813,8 +868,8 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
         for (int f = 0; f < last->Fo; f++) s += col_f[f * CH + c];
         emb[c] = s / P;
     }
-    gemv(emb, CH, n->fc1_w, n->hidden, n->fc1_b, ACT_HSWISH, hidden);
-    gemv(hidden, n->hidden, n->fc2_w, n->classes_padded, n->fc2_b, ACT_NONE, logits);
+    gemv(emb, CH, n->fc1_w, n->hidden, n->hidden, n->fc1_b, ACT_HSWISH, hidden);
+    gemv(hidden, n->hidden, n->fc2_w, n->classes_padded, n->classes_padded, n->fc2_b, ACT_NONE, logits);
     PROF_BLOCK(31);
     TICK(0);
     if (n->threads > 1) {

@@ -59,7 +59,7 @@ class _Block(C.Structure):
 class _Net(C.Structure):
     _fields_ = [(n, C.c_int) for n in "F T C0 n_blocks c_last c_head hidden classes_padded threads".split()] + [
         ("stem_w", _FP), ("stem_scale", _FP), ("stem_shift", _FP), ("blocks", C.POINTER(_Block))] + [
-        (n, _FP) for n in (*_HEAD_ARRAYS, "work")]
+        (n, _FP) for n in (*_HEAD_ARRAYS, "work")] + [("team", C.c_void_p)]
 
 
 def _cpu_has_avx2_fma() -> bool:
@@ -95,12 +95,16 @@ _LIBRARY: C.CDLL | None = None
 
 
 def load_library(path: str | Path) -> C.CDLL:
-    """A build of fused_dymn.c with its two entry points typed (benchmarks/fused_profile.py loads a profiling build)."""
+    """A build of fused_dymn.c with its entry points typed (benchmarks/fused_profile.py loads a profiling build)."""
     lib = C.CDLL(str(path))
     lib.dymn_workspace_floats.restype = C.c_size_t
     lib.dymn_workspace_floats.argtypes = [C.POINTER(_Net)]
     lib.dymn_forward.restype = C.c_int
     lib.dymn_forward.argtypes = [C.POINTER(_Net), _FP, _FP]
+    lib.dymn_team_new.restype = C.c_void_p
+    lib.dymn_team_new.argtypes = [C.c_int]
+    lib.dymn_team_free.restype = None
+    lib.dymn_team_free.argtypes = [C.c_void_p]
     return lib
 
 
@@ -261,6 +265,15 @@ class _Plan:
         # The structs point into w's arrays: hold w, or a plan outliving its weights would read freed memory.
         self.lib, self.net, self.blocks, self.classes, self.weights = lib, net, blocks, w.classes, w
         self.logits = np.zeros(net.classes_padded, np.float32)
+        # Helper threads that live as long as the plan and sleep between windows (None: 1 thread, or
+        # none could start; dymn_forward then runs alone or makes helpers per call).
+        self._team = lib.dymn_team_new(threads) if threads > 1 else None
+        net.team = self._team
+
+    def __del__(self) -> None:
+        team, self._team = getattr(self, "_team", None), None
+        if team:
+            self.lib.dymn_team_free(team)
 
     def run(self, window: np.ndarray) -> np.ndarray:
         self.lib.dymn_forward(C.byref(self.net), window.ctypes.data_as(_FP), self.logits.ctypes.data_as(_FP))

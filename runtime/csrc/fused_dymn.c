@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef float v8 __attribute__((vector_size(32)));
 #define VL 8
@@ -291,6 +292,7 @@ typedef struct {
     const float *fc1_w, *fc1_b;             /* (c_head, hidden) */
     const float *fc2_w, *fc2_b;             /* (hidden, classes_padded) */
     float *work;                            /* caller-owned scratch of dymn_workspace_floats() floats */
+    struct Team *team;                      /* from dymn_team_new(threads), or NULL: helpers made for each call */
 } Net;
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
@@ -696,22 +698,35 @@ static void spin_barrier_wait(SpinBarrier *b, int *sense) {
     }
 }
 
-/* Helper threads for one forward pass: per block, the main thread computes the context alone, then
-   every thread runs its share of the rest of the preparation (DyMN blocks) and of the output rows,
-   each task between two barriers. Created and joined per call: about 0.1 ms, against a few ms of
-   work they share. */
-typedef struct {
+static void spin_barrier_init(SpinBarrier *b, int n) {
+    atomic_init(&b->count, n);
+    atomic_init(&b->sense, 0);
+    b->n = n;
+}
+
+/* Helper threads: per block, the main thread computes the context alone, then every thread runs
+   its share of the rest of the preparation (DyMN blocks) and of the output rows, each task between
+   two spin barriers. A team outlives the calls (dymn_team_new, kept by the caller's plan): with
+   helpers created for each call, the scheduler often started them on the main thread's core, and
+   half the 2-thread windows ran at 1-thread speed or worse (mn04_as: 2.5 or 4.5 ms, machine B).
+   Between calls the helpers sleep on a condition variable, so an idle stream costs no CPU. */
+typedef struct Member { struct Team *team; int id; } Member;
+
+typedef struct Team {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int ready;                       /* set once the barriers exist, sized for the threads that started */
+    unsigned generation;            /* bumped per call (under mu): helpers wake and join the call */
+    int quit;                       /* set by dymn_team_free */
+    pid_t pid;                      /* the process whose threads these are: a fork's child has none of them */
     SpinBarrier start, done;
-    int threads, stop, preparing;   /* preparing: the task is prep, not job's rows */
+    int threads, stop, preparing;   /* stop: the call is over; preparing: the task is prep, not job's rows */
+    int sense_start, sense_done;    /* the calling thread's barrier senses, kept across calls */
     RowJob job;
     Prep prep;
     float *ring[MAX_THREADS], *dw_row[MAX_THREADS], *sum_t[MAX_THREADS];
+    pthread_t tids[MAX_THREADS];
+    Member members[MAX_THREADS];
 } Team;
-
-typedef struct { Team *team; int id; } Member;
 
 static void team_share(Team *t, int id) {
     if (t->preparing) {
@@ -725,23 +740,72 @@ static void team_share(Team *t, int id) {
 }
 
 static void *team_member(void *arg) {
-    Member *m = arg;
-    int sense_start = 0, sense_done = 0;
-    pthread_mutex_lock(&m->team->mu);
-    while (!m->team->ready) pthread_cond_wait(&m->team->cv, &m->team->mu);
-    pthread_mutex_unlock(&m->team->mu);
+    Team *t = ((Member *)arg)->team;
+    int id = ((Member *)arg)->id, sense_start = 0, sense_done = 0;
+    unsigned seen = 0;
     for (;;) {
-        spin_barrier_wait(&m->team->start, &sense_start);
-        if (m->team->stop) return NULL;
-        team_share(m->team, m->id);
-        spin_barrier_wait(&m->team->done, &sense_done);
+        pthread_mutex_lock(&t->mu);
+        while (t->generation == seen && !t->quit) pthread_cond_wait(&t->cv, &t->mu);
+        seen = t->generation;
+        int quit = t->quit;
+        pthread_mutex_unlock(&t->mu);
+        if (quit) return NULL;
+        for (int stop = 0; !stop;) { /* one call: tasks until the caller sets stop */
+            spin_barrier_wait(&t->start, &sense_start);
+            stop = t->stop; /* read before the done barrier, which the caller waits at before changing it */
+            if (!stop) team_share(t, id);
+            spin_barrier_wait(&t->done, &sense_done);
+        }
     }
 }
 
-static void spin_barrier_init(SpinBarrier *b, int n) {
-    atomic_init(&b->count, n);
-    atomic_init(&b->sense, 0);
-    b->n = n;
+/* A team of `threads` (2..MAX_THREADS) for dymn_forward; NULL if none could start. It may hold
+   fewer threads than asked when thread creation fails. Free with dymn_team_free. */
+Team *dymn_team_new(int threads) {
+    if (threads < 2) return NULL;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    Team *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    /* The barriers are sized once the helpers have started: none reaches one before the first
+       call bumps the generation. */
+    int started = 0;
+    for (int i = 1; i < threads; i++) {
+        t->members[i].team = t, t->members[i].id = i;
+        if (pthread_create(&t->tids[i], NULL, team_member, &t->members[i]) != 0) break;
+        started++;
+    }
+    t->threads = started + 1;
+    t->pid = getpid();
+    spin_barrier_init(&t->start, t->threads);
+    spin_barrier_init(&t->done, t->threads);
+    if (started == 0) {
+        pthread_cond_destroy(&t->cv);
+        pthread_mutex_destroy(&t->mu);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void dymn_team_free(Team *t) {
+    if (!t) return;
+    pthread_mutex_lock(&t->mu);
+    t->quit = 1;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    for (int i = 1; i < t->threads; i++) pthread_join(t->tids[i], NULL);
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+/* Every thread of the team runs the current task (t->job or t->prep) on its share. */
+static void team_run(Team *t) {
+    spin_barrier_wait(&t->start, &t->sense_start);
+    team_share(t, 0);
+    spin_barrier_wait(&t->done, &t->sense_done);
 }
 
 /* input: (F, T) log-mel of one window; logits: (classes_padded). Returns 0. */
@@ -751,35 +815,23 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
     float *ring = act[1] + s.act, *dw_row = ring + s.pad, *pool = dw_row + s.dw, *ctx = pool + s.pool, *agg = ctx + s.ctx;
     float *stash = agg + s.agg, *emb = stash + s.stash, *hidden = emb + n->c_head, *helpers = hidden + n->hidden + 64;
     int threads = n->threads < 1 ? 1 : n->threads > MAX_THREADS ? MAX_THREADS : n->threads;
-    Team team;
-    int sense_start = 0, sense_done = 0; /* this thread's, for the team's barriers */
-    Member members[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started = 0;
-    if (threads > 1) {
-        /* Start the helpers first; the barriers are sized for those that started (fewer only if
-           pthread_create fails), and the helpers wait for them behind a condition variable. */
-        team.stop = 0, team.ready = 0, team.preparing = 0;
-        pthread_mutex_init(&team.mu, NULL);
-        pthread_cond_init(&team.cv, NULL);
-        team.ring[0] = ring, team.dw_row[0] = dw_row;
+    /* The caller's team if it fits the workspace (sized for n->threads) and its threads live in this
+       process, else one for this call. One call at a time per team. */
+    Team *team = NULL, *own = NULL;
+    if (threads > 1)
+        team = n->team && n->team->threads <= threads && n->team->pid == getpid() ? n->team : (own = dymn_team_new(threads));
+    threads = team ? team->threads : 1;
+    if (team) {
+        team->ring[0] = ring, team->dw_row[0] = dw_row;
         for (int i = 1; i < threads; i++) {
             float *base = helpers + (size_t)(i - 1) * (s.pad + s.dw + s.rowsum);
-            team.ring[i] = base, team.dw_row[i] = base + s.pad, team.sum_t[i] = base + s.pad + s.dw;
+            team->ring[i] = base, team->dw_row[i] = base + s.pad, team->sum_t[i] = base + s.pad + s.dw;
         }
-        while (started + 1 < threads) {
-            members[started + 1] = (Member){&team, started + 1};
-            if (pthread_create(&tids[started + 1], NULL, team_member, &members[started + 1]) != 0) break;
-            started++;
-        }
-        threads = started + 1;
-        team.threads = threads;
-        spin_barrier_init(&team.start, threads);
-        spin_barrier_init(&team.done, threads);
-        pthread_mutex_lock(&team.mu);
-        team.ready = 1;
-        pthread_cond_broadcast(&team.cv);
-        pthread_mutex_unlock(&team.mu);
+        team->stop = 0, team->preparing = 0;
+        pthread_mutex_lock(&team->mu);
+        team->generation++;
+        pthread_cond_broadcast(&team->cv);
+        pthread_mutex_unlock(&team->mu);
     }
 #ifdef PROFILE
     prof_last = prof_now();
@@ -828,23 +880,19 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
         if (prep.b && threads == 1) {
             prepare_share(&prep, 0, 1);
         } else if (prep.b) {
-            team.prep = prep, team.preparing = 1;
-            spin_barrier_wait(&team.start, &sense_start);
-            team_share(&team, 0);
-            spin_barrier_wait(&team.done, &sense_done);
-            team.preparing = 0;
+            team->prep = prep, team->preparing = 1;
+            team_run(team);
+            team->preparing = 0;
         }
         for (;;) {
             if (threads == 1) {
                 if (job.phase == 0) block_rows(&job, 0, b->Fo, ring, dw_row, y_sum_t);
                 else block_project(&job, 0, b->Fo, y_sum_t);
             } else {
-                team.job = job, team.sum_t[0] = y_sum_t;
-                spin_barrier_wait(&team.start, &sense_start);
-                team_share(&team, 0);
-                spin_barrier_wait(&team.done, &sense_done);
+                team->job = job, team->sum_t[0] = y_sum_t;
+                team_run(team);
                 for (int k = 1; k < threads; k++)
-                    for (size_t q = 0; q < (size_t)b->To * b->cout; q++) y_sum_t[q] += team.sum_t[k][q];
+                    for (size_t q = 0; q < (size_t)b->To * b->cout; q++) y_sum_t[q] += team->sum_t[k][q];
             }
             if (!(b->kind == KIND_MN && b->has_se) || job.phase == 1) break;
             se_scale_projection(b, stash, ctx, agg); /* between the passes, on this thread */
@@ -872,12 +920,11 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
     gemv(hidden, n->hidden, n->fc2_w, n->classes_padded, n->classes_padded, n->fc2_b, ACT_NONE, logits);
     PROF_BLOCK(31);
     TICK(0);
-    if (n->threads > 1) {
-        team.stop = 1;
-        if (threads > 1) spin_barrier_wait(&team.start, &sense_start);
-        for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
-        pthread_cond_destroy(&team.cv);
-        pthread_mutex_destroy(&team.mu);
+    if (team) { /* end the call: the helpers see stop between the two barriers and go back to sleep */
+        team->stop = 1;
+        spin_barrier_wait(&team->start, &team->sense_start);
+        spin_barrier_wait(&team->done, &team->sense_done);
+        dymn_team_free(own);
     }
     return 0;
 }

@@ -63,7 +63,7 @@ def _write_image(plan, windows: list[np.ndarray], path: Path, threads: int) -> N
         relocate(b, fused_module._BLOCK_ARRAYS)
     net = fused_module._Net.from_buffer_copy(plan.net)
     relocate(net, ["stem_w", "stem_scale", "stem_shift", *fused_module._HEAD_ARRAYS])
-    net.blocks, net.work, net.threads = None, None, threads
+    net.blocks, net.work, net.team, net.threads = None, None, None, threads
     header = b"DYMNIMG1" + struct.pack("<5Q", len(blocks), len(blob), len(windows), C.sizeof(net), C.sizeof(fused_module._Block))
     path.write_bytes(header + bytes(net) + bytes(blocks) + bytes(blob) + b"".join(w.astype(np.float32).tobytes() for w in windows))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -240,6 +241,35 @@ def test_growing_windows_keep_a_few_plans_and_concurrent_calls_agree():
         together = list(pool.map(backend.infer, inputs))
     for a, b in zip(alone, together):
         np.testing.assert_array_equal(a, b)
+
+
+def test_helper_threads_sleep_between_windows_and_a_forked_child_still_answers():
+    """A plan keeps its helper threads across windows. Between windows they must block, not spin (an
+    idle listener would burn a core), and a process forked after they started (which has none of
+    them) must still get the same answer instead of waiting for them forever."""
+    import os
+    import signal
+
+    bundle = load_bundle(embedded_bundle_path("mn04_as"))
+    x = log_mel(load_audio(demo_clip_path()))[None, None].astype(np.float32)
+    expected = create_backend("fused", bundle, threads=1).infer(x)
+    backend = create_backend("fused", bundle, threads=2)
+    np.testing.assert_array_equal(backend.infer(x), expected)
+    assert next(iter(backend._plans.values()))._team  # the helpers exist and outlive the call
+    before = os.times()
+    time.sleep(1.0)
+    after = os.times()
+    assert (after.user + after.system) - (before.user + before.system) < 0.2
+    pid = os.fork()
+    if pid == 0:  # the child: no helper threads; exit status 0 only for the same logits
+        # A child stuck in C waiting for helpers must die instead of hanging the suite: the default
+        # action, since a Python handler (pytest-timeout's) never runs while the C code spins.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(30)
+        os._exit(0 if np.array_equal(backend.infer(x), expected) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    np.testing.assert_array_equal(backend.infer(x), expected)
 
 
 def test_weights_and_workspace_start_on_cache_lines():

@@ -41,6 +41,8 @@ int main(int argc, char **argv) {
     float *input = malloc(sizeof(float) * frames), *logits = malloc(sizeof(float) * net.classes_padded);
     net.work = aligned_alloc(64, (dymn_workspace_floats(&net) * sizeof(float) + 63) / 64 * 64);
     memset(net.work, 0, dymn_workspace_floats(&net) * sizeof(float));
+    net.team = dymn_team_new(net.threads); /* as the Python plan does: one team for every window */
+    if (net.threads > 1 && !net.team) return fail("no helper thread started");
     FILE *out = fopen(argv[2], "wb");
     if (!out) return fail("cannot write the logits");
     for (uint64_t n = 0; n < h.n_inputs; n++) {
@@ -48,6 +50,7 @@ int main(int argc, char **argv) {
         dymn_forward(&net, input, logits);
         fwrite(logits, sizeof(float), net.classes_padded, out);
     }
+    dymn_team_free(net.team);
     fclose(out);
     fclose(f);
     return 0;

@@ -666,14 +666,15 @@ static void se_scale_projection(const Block *b, const float *stash, float *tmp, 
         for (int o = 0; o < b->cout; o += VL) st(w + (size_t)c * b->cout + o, splat(mean[c]) * ld(b->proj_w + (size_t)c * b->cout + o));
 }
 
-/* A barrier that spins, then yields. A window crosses two barriers per block (30 for dymn04),
-   and the helpers wait at the start barrier while the main thread prepares each block (tens of
-   microseconds). pthread barriers sleep in the kernel and each wake-up took longer than that on
-   machine B's VM. Spinning is short: after SPIN_LIMIT polls (about 6 us on machine B, 29 ns a
-   poll) a waiter calls sched_yield between polls. On a free core that returns at once and the
-   wait stays a spin; on an oversubscribed one it hands the core over (both threads pinned to one
-   vCPU: dymn04_edge 4.9 ms at 2 threads, 4.6 with pthread barriers, 4.2 at 1 thread). Sense-reversing: each waiter flips its
-   own sense, the last to arrive resets the count and publishes the new sense. */
+/* A barrier that spins, then yields. A window crosses two barriers per task (rows, and for DyMN
+   blocks their preparation: 60 for dymn04), and the helpers wait at the start barrier while the
+   main thread computes each block's context (tens of microseconds). pthread barriers sleep in the
+   kernel, and each wake-up took longer than that on machine B's VM. The spin is short: after
+   SPIN_LIMIT polls (about 6 us on machine B, 29 ns a poll) a waiter calls sched_yield between
+   polls. On a free core that returns at once and the wait stays a spin; on an oversubscribed one
+   it hands the core over (both threads pinned to one vCPU: dymn04_edge 4.9 ms at 2 threads, 4.6
+   with pthread barriers, 4.2 at 1 thread). Sense-reversing: each waiter flips its own sense, and
+   the last to arrive resets the count, then publishes the new sense. */
 #define SPIN_LIMIT 200
 typedef struct { atomic_int count, sense; int n; } SpinBarrier;
 

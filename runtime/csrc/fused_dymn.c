@@ -614,7 +614,6 @@ static void block_rows(const RowJob *j, int lo, int hi, float *ring, float *dw_r
         memset(ring + r * row_floats, 0, sizeof(float) * pad * C);
         memset(ring + r * row_floats + (size_t)(T + pad) * C, 0, sizeof(float) * pad * C);
     }
-    memset(sum_t, 0, sizeof(float) * b->To * b->cout);
     Epi e_exp = {NULL, b->exp_shift, b->exp_act, NULL, 0, NULL, NULL};
     int first = lo * b->stride - pad;
     int next = first > 0 ? first : 0; /* the next expansion row to compute */
@@ -647,7 +646,6 @@ static void block_rows(const RowJob *j, int lo, int hi, float *ring, float *dw_r
 
 /* Phase 1 of an SE block: project the stashed depthwise rows [lo, hi) with the scaled kernel. */
 static void block_project(const RowJob *j, int lo, int hi, float *sum_t) {
-    memset(sum_t, 0, sizeof(float) * j->b->To * j->b->cout);
     for (int fo = lo; fo < hi; fo++) project_row(j, j->stash + (size_t)fo * j->b->To * j->b->cexp, fo, sum_t);
     TICK(3);
 }
@@ -666,17 +664,12 @@ static void se_scale_projection(const Block *b, const float *stash, float *tmp, 
         for (int o = 0; o < b->cout; o += VL) st(w + (size_t)c * b->cout + o, splat(mean[c]) * ld(b->proj_w + (size_t)c * b->cout + o));
 }
 
-/* A barrier that spins, then yields. A window crosses two barriers per task (rows, and for DyMN
-   blocks their preparation: 60 for dymn04), and the helpers wait at the start barrier while the
-   main thread computes each block's context (tens of microseconds). pthread barriers sleep in the
-   kernel, and each wake-up took longer than that on machine B's VM. The spin is short: after
-   SPIN_LIMIT polls (about 6 us on machine B, 29 ns a poll) a waiter calls sched_yield between
-   polls. On a free core that returns at once and the wait stays a spin; on an oversubscribed one
-   it hands the core over (both threads pinned to one vCPU: dymn04_edge 4.9 ms at 2 threads, 4.6
-   with pthread barriers, 4.2 at 1 thread). Sense-reversing: each waiter flips its own sense, and
-   the last to arrive resets the count, then publishes the new sense. */
+/* Waiting between threads spins, then yields. The waits are short (a helper waits while the main
+   thread computes a block's context, tens of microseconds), and sleeping in the kernel cost more
+   than that per wake-up on machine B's VM. After SPIN_LIMIT polls (about 6 us on machine B, 29 ns
+   a poll) a waiter calls sched_yield between polls: on a free core that returns at once and the
+   wait stays a spin; on an oversubscribed one it hands the core over. */
 #define SPIN_LIMIT 200
-typedef struct { atomic_int count, sense; int n; } SpinBarrier;
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -686,63 +679,76 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void spin_barrier_wait(SpinBarrier *b, int *sense) {
-    int mine = *sense = !*sense;
-    if (atomic_fetch_sub_explicit(&b->count, 1, memory_order_acq_rel) == 1) {
-        atomic_store_explicit(&b->count, b->n, memory_order_relaxed);
-        atomic_store_explicit(&b->sense, mine, memory_order_release);
-        return;
-    }
-    for (int polls = 0; atomic_load_explicit(&b->sense, memory_order_acquire) != mine; polls++) {
-        if (polls < SPIN_LIMIT) cpu_relax();
-        else sched_yield();
-    }
+static inline void backoff(int *polls) {
+    if ((*polls)++ < SPIN_LIMIT) cpu_relax();
+    else sched_yield();
 }
 
-static void spin_barrier_init(SpinBarrier *b, int n) {
-    atomic_init(&b->count, n);
-    atomic_init(&b->sense, 0);
-    b->n = n;
-}
-
-/* Helper threads: per block, the main thread computes the context alone, then every thread runs
-   its share of the rest of the preparation (DyMN blocks) and of the output rows, each task between
-   two spin barriers. A team outlives the calls (dymn_team_new, kept by the caller's plan): with
-   helpers created for each call, the scheduler often started them on the main thread's core, and
-   half the 2-thread windows ran at 1-thread speed or worse (mn04_as: 2.5 or 4.5 ms, machine B).
-   Between calls the helpers sleep on a condition variable, so an idle stream costs no CPU. */
+/* Helper threads. Per block the main thread computes the context alone; the rest of a DyMN
+   block's preparation, and then its output rows, are each a task of `threads` chunks (contiguous
+   row ranges, or slices of the preparation) that any thread of the team claims. The main thread
+   claims too, and only waits for chunks that were claimed: a helper that is late (asleep, or
+   sharing the main thread's core) leaves its chunk to the main thread instead of stalling the
+   window. With a barrier per task instead, the window waited for the slowest helper. Machine B,
+   2 threads, mn04_as: back to back 2.47 -> 2.46 ms (barriers -> claims), dymn04_edge 2.84 -> 2.67;
+   after 50 ms idle before every 5 windows 4.48 -> 4.05 ms (1 thread: 3.73, so after idle the
+   second vCPU still costs more than it brings there); both threads on one vCPU 5.76 -> 5.25
+   (dymn04_edge, 1 thread 4.7).
+   A team outlives the calls (dymn_team_new, kept by the caller's plan): helpers created per call
+   often started on the main thread's core. Between calls the helpers sleep on a condition
+   variable, so an idle stream costs no CPU. */
 typedef struct Member { struct Team *team; int id; } Member;
 
 typedef struct Team {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    unsigned generation;            /* bumped per call (under mu): helpers wake and join the call */
+    unsigned generation;            /* bumped per call (under mu): helpers wake and serve the call */
     int quit;                       /* set by dymn_team_free */
     pid_t pid;                      /* the process whose threads these are: a fork's child has none of them */
-    SpinBarrier start, done;
-    int threads, stop, preparing;   /* stop: the call is over; preparing: the task is prep, not job's rows */
-    int sense_start, sense_done;    /* the calling thread's barrier senses, kept across calls */
+    int threads;
+    atomic_int in_call;             /* helpers poll for tasks while set, then sleep */
+    _Atomic unsigned long long task; /* (sequence << 32) | (chunks << 16) | next chunk to claim */
+    atomic_int chunks_done;
+    unsigned seq;                   /* the current task's sequence number (main thread) */
+    int preparing;                  /* the task is prep, not job's rows */
     RowJob job;
     Prep prep;
-    float *ring[MAX_THREADS], *dw_row[MAX_THREADS], *sum_t[MAX_THREADS];
+    float *ring[MAX_THREADS], *dw_row[MAX_THREADS]; /* per thread */
+    float *sum_t[MAX_THREADS];      /* per chunk: the time sums of its rows, added in chunk order */
     pthread_t tids[MAX_THREADS];
     Member members[MAX_THREADS];
 } Team;
 
-static void team_share(Team *t, int id) {
+/* Chunk c of n of the current task, on thread id's ring. The time sums are per chunk, whoever runs
+   it, so the logits do not depend on which thread ran what. */
+static void run_chunk(Team *t, int id, int c, int n) {
     if (t->preparing) {
-        prepare_share(&t->prep, id, t->threads);
+        prepare_share(&t->prep, c, n);
         return;
     }
-    int Fo = t->job.b->Fo;
-    int lo = Fo * id / t->threads, hi = Fo * (id + 1) / t->threads;
-    if (t->job.phase == 0) block_rows(&t->job, lo, hi, t->ring[id], t->dw_row[id], t->sum_t[id]);
-    else block_project(&t->job, lo, hi, t->sum_t[id]);
+    const Block *b = t->job.b;
+    int lo, hi;
+    slice(b->Fo, 1, c, n, &lo, &hi);
+    memset(t->sum_t[c], 0, sizeof(float) * b->To * b->cout);
+    if (t->job.phase == 0) block_rows(&t->job, lo, hi, t->ring[id], t->dw_row[id], t->sum_t[c]);
+    else block_project(&t->job, lo, hi, t->sum_t[c]);
+}
+
+/* Claims and runs chunks of the current task until none is left to claim. */
+static void claim_chunks(Team *t, int id) {
+    for (;;) {
+        unsigned long long v = atomic_load_explicit(&t->task, memory_order_acquire);
+        int n = (int)(v >> 16 & 0xffff), c = (int)(v & 0xffff);
+        if (c >= n) return;
+        if (!atomic_compare_exchange_weak_explicit(&t->task, &v, v + 1, memory_order_acq_rel, memory_order_acquire)) continue;
+        run_chunk(t, id, c, n);
+        atomic_fetch_add_explicit(&t->chunks_done, 1, memory_order_release);
+    }
 }
 
 static void *team_member(void *arg) {
     Team *t = ((Member *)arg)->team;
-    int id = ((Member *)arg)->id, sense_start = 0, sense_done = 0;
+    int id = ((Member *)arg)->id;
     unsigned seen = 0;
     for (;;) {
         pthread_mutex_lock(&t->mu);
@@ -751,17 +757,21 @@ static void *team_member(void *arg) {
         int quit = t->quit;
         pthread_mutex_unlock(&t->mu);
         if (quit) return NULL;
-        for (int stop = 0; !stop;) { /* one call: tasks until the caller sets stop */
-            spin_barrier_wait(&t->start, &sense_start);
-            stop = t->stop; /* read before the done barrier, which the caller waits at before changing it */
-            if (!stop) team_share(t, id);
-            spin_barrier_wait(&t->done, &sense_done);
+        for (int polls = 0; atomic_load_explicit(&t->in_call, memory_order_acquire);) {
+            unsigned long long v = atomic_load_explicit(&t->task, memory_order_acquire);
+            if ((v & 0xffff) < (v >> 16 & 0xffff)) {
+                claim_chunks(t, id);
+                polls = 0;
+            } else {
+                backoff(&polls);
+            }
         }
     }
 }
 
 /* A team of `threads` (2..MAX_THREADS) for dymn_forward; NULL if none could start. It may hold
-   fewer threads than asked when thread creation fails. Free with dymn_team_free. */
+   fewer threads than asked when thread creation fails. Free with dymn_team_free. One call at a
+   time per team. */
 Team *dymn_team_new(int threads) {
     if (threads < 2) return NULL;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
@@ -769,8 +779,9 @@ Team *dymn_team_new(int threads) {
     if (!t) return NULL;
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
-    /* The barriers are sized once the helpers have started: none reaches one before the first
-       call bumps the generation. */
+    atomic_init(&t->in_call, 0);
+    atomic_init(&t->task, 0);
+    atomic_init(&t->chunks_done, 0);
     int started = 0;
     for (int i = 1; i < threads; i++) {
         t->members[i].team = t, t->members[i].id = i;
@@ -779,8 +790,6 @@ Team *dymn_team_new(int threads) {
     }
     t->threads = started + 1;
     t->pid = getpid();
-    spin_barrier_init(&t->start, t->threads);
-    spin_barrier_init(&t->done, t->threads);
     if (started == 0) {
         pthread_cond_destroy(&t->cv);
         pthread_mutex_destroy(&t->mu);
@@ -802,11 +811,16 @@ void dymn_team_free(Team *t) {
     free(t);
 }
 
-/* Every thread of the team runs the current task (t->job or t->prep) on its share. */
+/* Publishes the current task (t->job or t->prep) in t->threads chunks, claims chunks itself, and
+   returns once every chunk is done. chunks_done is reset only after the previous task's chunks
+   have all been counted, so no late count can land in this task. */
 static void team_run(Team *t) {
-    spin_barrier_wait(&t->start, &t->sense_start);
-    team_share(t, 0);
-    spin_barrier_wait(&t->done, &t->sense_done);
+    int n = t->threads;
+    atomic_store_explicit(&t->chunks_done, 0, memory_order_relaxed);
+    t->seq++;
+    atomic_store_explicit(&t->task, (unsigned long long)t->seq << 32 | (unsigned long long)n << 16, memory_order_release);
+    claim_chunks(t, 0);
+    for (int polls = 0; atomic_load_explicit(&t->chunks_done, memory_order_acquire) < n;) backoff(&polls);
 }
 
 /* input: (F, T) log-mel of one window; logits: (classes_padded). Returns 0. */
@@ -828,7 +842,8 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
             float *base = helpers + (size_t)(i - 1) * (s.pad + s.dw + s.rowsum);
             team->ring[i] = base, team->dw_row[i] = base + s.pad, team->sum_t[i] = base + s.pad + s.dw;
         }
-        team->stop = 0, team->preparing = 0;
+        team->preparing = 0;
+        atomic_store_explicit(&team->in_call, 1, memory_order_relaxed);
         pthread_mutex_lock(&team->mu);
         team->generation++;
         pthread_cond_broadcast(&team->cv);
@@ -887,6 +902,7 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
         }
         for (;;) {
             if (threads == 1) {
+                memset(y_sum_t, 0, sizeof(float) * b->To * b->cout);
                 if (job.phase == 0) block_rows(&job, 0, b->Fo, ring, dw_row, y_sum_t);
                 else block_project(&job, 0, b->Fo, y_sum_t);
             } else {
@@ -921,10 +937,8 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
     gemv(hidden, n->hidden, n->fc2_w, n->classes_padded, n->classes_padded, n->fc2_b, ACT_NONE, logits);
     PROF_BLOCK(31);
     TICK(0);
-    if (team) { /* end the call: the helpers see stop between the two barriers and go back to sleep */
-        team->stop = 1;
-        spin_barrier_wait(&team->start, &team->sense_start);
-        spin_barrier_wait(&team->done, &team->sense_done);
+    if (team) { /* end the call: the helpers go back to sleep */
+        atomic_store_explicit(&team->in_call, 0, memory_order_release);
         dymn_team_free(own);
     }
     return 0;

@@ -10,8 +10,10 @@ kernels, so mn04 and dymn04 can be compared in one backend. Weights come from th
 compiled at install time (a generic build, plus an AVX2/FMA build on x86-64 that is used when the
 CPU has both).
 
-``threads`` > 1 splits each block's output rows between that many threads (at most 8); the
-context and kernel aggregation of a block, the stem and the classifier stay on one.
+``threads`` > 1 splits each block's output rows, and a DyMN block's gates, Dy-ReLU coefficients
+and kernel aggregation, into chunks that many threads (at most 8) claim; the context's shared conv,
+the stem and the classifier stay on the calling thread. The logits are the same from run to run,
+whichever thread runs which chunk. A plan keeps its helper threads, asleep between windows.
 """
 
 from __future__ import annotations

@@ -650,6 +650,16 @@ static void block_project(const RowJob *j, int lo, int hi, float *sum_t) {
     TICK(3);
 }
 
+/* Output rows chunk c of n of a prepared block, its time sums into sum_t (zeroed here): the rows
+   (phase 0), or the projection of the SE blocks' stashed rows (phase 1). */
+static void rows_chunk(const RowJob *j, int c, int n, float *ring, float *dw_row, float *sum_t) {
+    int lo, hi;
+    slice(j->b->Fo, 1, c, n, &lo, &hi);
+    memset(sum_t, 0, sizeof(float) * j->b->To * j->b->cout);
+    if (j->phase == 0) block_rows(j, lo, hi, ring, dw_row, sum_t);
+    else block_project(j, lo, hi, sum_t);
+}
+
 /* Squeeze-excitation over channels (EfficientAT's mn blocks): s = sigmoid(fc2(relu(fc1(mean of the
    depthwise output)))). Scaling input channel c of the projection by s[c] equals scaling the
    activations, so the scaled kernel goes to `w` (cexp x cout) and the stash stays as it is. */
@@ -722,16 +732,8 @@ typedef struct Team {
 /* Chunk c of n of the current task, on thread id's ring. The time sums are per chunk, whoever runs
    it, so the logits do not depend on which thread ran what. */
 static void run_chunk(Team *t, int id, int c, int n) {
-    if (t->preparing) {
-        prepare_share(&t->prep, c, n);
-        return;
-    }
-    const Block *b = t->job.b;
-    int lo, hi;
-    slice(b->Fo, 1, c, n, &lo, &hi);
-    memset(t->sum_t[c], 0, sizeof(float) * b->To * b->cout);
-    if (t->job.phase == 0) block_rows(&t->job, lo, hi, t->ring[id], t->dw_row[id], t->sum_t[c]);
-    else block_project(&t->job, lo, hi, t->sum_t[c]);
+    if (t->preparing) prepare_share(&t->prep, c, n);
+    else rows_chunk(&t->job, c, n, t->ring[id], t->dw_row[id], t->sum_t[c]);
 }
 
 /* Claims and runs chunks of the current task until none is left to claim. */
@@ -842,7 +844,6 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
             float *base = helpers + (size_t)(i - 1) * (s.pad + s.dw + s.rowsum);
             team->ring[i] = base, team->dw_row[i] = base + s.pad, team->sum_t[i] = base + s.pad + s.dw;
         }
-        team->preparing = 0;
         atomic_store_explicit(&team->in_call, 1, memory_order_relaxed);
         pthread_mutex_lock(&team->mu);
         team->generation++;
@@ -902,9 +903,7 @@ int dymn_forward(const Net *n, const float *input, float *logits) {
         }
         for (;;) {
             if (threads == 1) {
-                memset(y_sum_t, 0, sizeof(float) * b->To * b->cout);
-                if (job.phase == 0) block_rows(&job, 0, b->Fo, ring, dw_row, y_sum_t);
-                else block_project(&job, 0, b->Fo, y_sum_t);
+                rows_chunk(&job, 0, 1, ring, dw_row, y_sum_t);
             } else {
                 team->job = job, team->sum_t[0] = y_sum_t;
                 team_run(team);

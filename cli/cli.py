@@ -153,7 +153,7 @@ def export():
 @export.command("onnx")
 @click.argument("model", metavar="MODEL")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
-@click.option("--strategy", type=click.Choice(["grouped", "matmul", "expanded", "auto"]), default="matmul", show_default=True,
+@click.option("--strategy", type=click.Choice(["grouped", "matmul", "expanded", "hybrid", "auto"]), default="matmul", show_default=True,
               help="How DyMN's dynamic convolutions are written; auto measures each on every installed backend "
                    "and keeps the fastest that passes parity (MobileNetV3 ignores it).")
 @click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True)
@@ -242,8 +242,8 @@ def _csv(kind, choices=None):
 @click.argument("models", nargs=-1, required=True, metavar="MODEL|BUNDLE...")
 @click.option("--backend", "backends", default="torch,onnxruntime,openvino,fused", show_default=True,
               callback=_csv(str, BACKEND_CHOICES), help="Comma-separated backends; torch is the eager reference, fused needs model.fused.npz.")
-@click.option("--strategy", "strategies", default="grouped,matmul,expanded", show_default=True,
-              callback=_csv(str, ["grouped", "matmul", "expanded"]), help="DyMN strategies to export and compare.")
+@click.option("--strategy", "strategies", default="grouped,matmul,expanded,hybrid", show_default=True,
+              callback=_csv(str, ["grouped", "matmul", "expanded", "hybrid"]), help="DyMN strategies to export and compare.")
 @click.option("--threads", default="1", show_default=True, callback=_csv(int), help="Comma-separated thread counts, e.g. 1,2.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--window", "window_s", type=float, default=10.0, show_default=True, callback=_positive_seconds, metavar="SECONDS")

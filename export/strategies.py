@@ -12,6 +12,16 @@ that differently, so the same math is written several ways:
 * ``expanded`` -- linearity: y = sum_k a_k conv(x, W_k). One convolution with K x out channels
   and constant weights, then an attention-weighted sum. Backends see constant weights (needed by
   INT8 and TensorRT) at K times the arithmetic of those convolutions.
+* ``hybrid``   -- ``matmul``, plus two rewrites for ONNX Runtime's CPU kernels. Strided depthwise
+  dynamic convolutions become K depthwise convolutions with constant kernels, weighted by the
+  attention and summed (y = sum_k a_k conv(x, W_k) as K separate convs): ONNX Runtime runs a
+  depthwise conv with run-time kernels through im2col and one GEMM per channel, 3-8x slower than
+  its pre-packed constant-kernel path at stride 2, while at stride 1 the K passes cost more than
+  they save. And each Dy-ReLU piece a * BN(z) + b is one BatchNormalization with run-time scale
+  and bias (the depthwise BN folded in), one pass instead of three. dymn10 in ONNX Runtime, 1
+  thread: 39.2 -> 36.1 ms (docs/benchmarks.md). OpenVINO runs the K convolutions slower than its
+  run-time-kernel depthwise, so ``auto`` decides per backend. With a dynamic batch every depthwise
+  dynamic conv takes the K-convolution form and Dy-ReLU stays elementwise.
 
 Every strategy but ``grouped`` also folds, in float64, the attention temperature into the
 attention layer and the block's four small heads (three attentions, Dy-ReLU coefficients) into
@@ -42,7 +52,7 @@ __all__ = ["STRATEGIES", "ExportBlock", "bn_scale_shift", "prepare_for_export"]
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("grouped", "matmul", "expanded")
+STRATEGIES = ("grouped", "matmul", "expanded", "hybrid")
 
 
 def bn_scale_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,9 +66,9 @@ def _const(t: torch.Tensor) -> nn.Parameter:
 
 
 class _KernelBank(nn.Module):
-    """K kernels of one dynamic conv, applied in the strategy's form, followed by its BatchNorm."""
+    """K kernels of one dynamic conv, applied in the strategy's form, then its BatchNorm (unless folded)."""
 
-    def __init__(self, conv: DynamicConv, norm: nn.Module, mode: str) -> None:
+    def __init__(self, conv: DynamicConv, norm: nn.Module, mode: str, *, fold_norm: bool = False) -> None:
         super().__init__()
         kernels = conv.kernels().detach()  # (K, out, in/groups, k, k)
         self.k, self.out_channels, self.groups = conv.k, conv.out_channels, conv.groups
@@ -66,14 +76,18 @@ class _KernelBank(nn.Module):
         self.shape = tuple(kernels.shape[1:])
         self.pointwise = conv.kernel_size == 1 and conv.groups == 1 and conv.stride == 1
         self.mode = mode
-        self.norm = copy.deepcopy(norm)
+        # fold_norm: the caller applies this BatchNorm itself (hybrid folds it into Dy-ReLU).
+        self.norm = nn.Identity() if fold_norm else copy.deepcopy(norm)
         if mode == "matmul" and self.pointwise:
             # BN as y = scale * z + shift, with the scale applied to the per-sample 1x1 weight.
             scale, shift = bn_scale_shift(norm)
             self.register_buffer("bn_scale", scale.float().reshape(1, -1, 1))
             self.register_buffer("bn_shift", shift.float().reshape(1, -1, 1))
             self.norm = nn.Identity()
-        if mode == "expanded":
+        if mode == "banks":
+            for j in range(self.k):  # one constant kernel per initializer, so backends pre-pack each
+                self.register_parameter(f"kernel{j}", _const(kernels[j]))
+        elif mode == "expanded":
             # Output channel j * out + o of one conv is kernel j's channel o. For depthwise convs the
             # K kernels of channel c must sit in group c, so they are ordered c-major instead.
             if self.groups == 1:
@@ -94,6 +108,13 @@ class _KernelBank(nn.Module):
 
     def _conv(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
+        if self.mode == "banks":
+            y = None
+            for j in range(self.k):
+                term = F.conv2d(x, getattr(self, f"kernel{j}"), None, self.stride, self.padding, self.dilation, self.groups)
+                term = term * attention[:, j].reshape(b, 1, 1, 1)
+                y = term if y is None else y + term
+            return y
         if self.mode == "expanded":
             y = F.conv2d(x, self.static, None, self.stride, self.padding, self.dilation, self.groups)
             h, w = y.shape[-2], y.shape[-1]
@@ -125,14 +146,25 @@ class ExportBlock(nn.Module):
             if strategy == "expanded":
                 return "expanded"
             pointwise = conv.kernel_size == 1 and conv.groups == 1
-            if strategy == "matmul" and pointwise:
+            if strategy in ("matmul", "hybrid") and pointwise:
                 return "matmul"
+            if strategy == "hybrid" and (conv.stride > 1 or dynamic_batch):
+                return "banks"
             return "expanded" if dynamic_batch else "grouped"
 
         heads_w, heads_b, self.splits = [], [], []
         self.has_exp = not (isinstance(block.exp_conv, DynamicWrapper) and isinstance(block.exp_conv.module, nn.Identity))
         stages = [("exp", block.exp_conv, block.exp_norm), ("depth", block.depth_conv, block.depth_norm), ("proj", block.proj_conv, block.proj_norm)]
         self.dynamic: list[str] = []
+        # hybrid, fixed batch: the depthwise BN goes into Dy-ReLU's two affine pieces (see forward)
+        self.affine_dyrelu = (strategy == "hybrid" and not dynamic_batch and isinstance(block.depth_act, DyReLUB)
+                              and block.depth_act.M == 2 and isinstance(block.depth_conv, DynamicConv))
+        if self.affine_dyrelu:
+            scale, shift = bn_scale_shift(block.depth_norm)
+            self.register_buffer("dw_scale", scale.float())
+            self.register_buffer("dw_shift", shift.float())
+            self.register_buffer("zeros", torch.zeros_like(self.dw_scale))  # BN's mean and variance
+            self.register_buffer("ones", torch.ones_like(self.dw_scale))
         for name, conv, norm in stages:
             if name == "exp" and not self.has_exp:
                 continue
@@ -141,7 +173,8 @@ class ExportBlock(nn.Module):
                 heads_w.append(linear.weight.double() / conv.temperature)
                 heads_b.append(linear.bias.double() / conv.temperature)
                 self.splits.append(conv.k)
-                setattr(self, f"{name}_conv", _KernelBank(conv, norm, conv_mode(conv)))
+                fold = name == "depth" and self.affine_dyrelu
+                setattr(self, f"{name}_conv", _KernelBank(conv, norm, conv_mode(conv), fold_norm=fold))
                 self.dynamic.append(name)
             else:  # no_dyconv: a static conv + BN, which every backend fuses itself
                 setattr(self, f"{name}_conv", nn.Sequential(copy.deepcopy(conv.module), copy.deepcopy(norm)))
@@ -180,7 +213,9 @@ class ExportBlock(nn.Module):
         if self.dyrelu:
             b = out.shape[0]
             coefs = (2 * heads.pop(0).sigmoid() - 1).reshape(b, self.channels, 1, 1, 2 * self.M) * self.lambdas + self.init_v
-            if self.M == 2:
+            if self.affine_dyrelu:
+                out = self._affine_dyrelu(out, coefs.reshape(b, self.channels, 2 * self.M))
+            elif self.M == 2:
                 out = torch.maximum(out * coefs[..., 0] + coefs[..., 2], out * coefs[..., 1] + coefs[..., 3])
             else:
                 out = (out.unsqueeze(-1) * coefs[..., : self.M] + coefs[..., self.M :]).max(dim=-1).values
@@ -192,6 +227,24 @@ class ExportBlock(nn.Module):
             out = out * g_f.sigmoid() * g_t.sigmoid()
         out = apply("proj", out)
         return out + x if self.use_res_connect else out
+
+    def _affine_dyrelu(self, z: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+        """max(a1 BN(z) + b1, a2 BN(z) + b2) as two BatchNormalizations with run-time scale and bias.
+
+        The per-sample parameters become channels of one sample, so the batch must be fixed.
+        Folding coordinate attention's frequency gate in as well (one BN channel per channel and
+        frequency) measured slower: dymn10 36.8 -> 37.4 ms.
+        """
+        b, c, h, w = z.shape
+        zeros, ones = (self.zeros, self.ones) if b == 1 else (self.zeros.repeat(b), self.ones.repeat(b))
+        flat = z if b == 1 else z.reshape(1, b * c, h, w)
+        pieces = []
+        for j in range(2):
+            slope, icpt = coefs[..., j], coefs[..., 2 + j]
+            scale, bias = (slope * self.dw_scale).reshape(-1), (slope * self.dw_shift + icpt).reshape(-1)
+            pieces.append(F.batch_norm(flat, zeros, ones, scale, bias, False, 0.0, 0.0))
+        out = torch.maximum(*pieces)
+        return out if b == 1 else out.reshape(b, c, h, w)
 
 
 def prepare_for_export(model: nn.Module, strategy: str, *, dynamic_batch: bool) -> nn.Module:

@@ -78,15 +78,15 @@ def test_dymn10_parity(dymn10, strategy, batch, tmp_path):
     ],
     ids=["no-dyrelu-no-ca-k2", "replace-se-m3", "no-dyconv"],
 )
-@pytest.mark.parametrize("strategy", ["matmul", "expanded"])
-def test_block_options_survive_the_rewrite(config, strategy, fixtures_dir):
+@pytest.mark.parametrize("strategy, dynamic_batch", [("matmul", True), ("expanded", True), ("hybrid", True), ("hybrid", False)])
+def test_block_options_survive_the_rewrite(config, strategy, dynamic_batch, fixtures_dir):
     """EfficientAT's init gives ~1e-9 logits; the fixtures' seeding recipe gives meaningful ones."""
     x = torch.from_numpy(np.load(fixtures_dir / "dymn04_reference.npz")["input"][:2, :, :, :300].copy())
     model = seeded_reference_model(config, x)
     model.set_temperature(3.0)
     with torch.no_grad():
         expected = model(x)[0]
-        got = prepare_for_export(model, strategy, dynamic_batch=True)(x)[0]
+        got = prepare_for_export(model, strategy, dynamic_batch=dynamic_batch)(x)[0]
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
@@ -94,3 +94,29 @@ def test_block_options_survive_the_rewrite(config, strategy, fixtures_dir):
 def test_mobilenet_is_left_untouched(mn04_checkpoint):
     model = load_checkpoint(mn04_checkpoint).model
     assert prepare_for_export(model, "expanded", dynamic_batch=True) is model
+
+
+def test_hybrid_gives_strided_depthwise_constant_kernels_and_dyrelu_one_pass_per_piece(dymn04, tmp_path):
+    """What makes hybrid faster in ONNX Runtime must survive export and onnxslim: constant kernels
+    (which ONNX Runtime pre-packs) for every strided depthwise conv, run-time kernels elsewhere,
+    and each Dy-ReLU piece as one BatchNormalization with run-time scale and bias."""
+    import onnx
+
+    model, _ = dymn04
+    path = export_onnx(model, tmp_path / "hybrid.onnx", strategy="hybrid", batch=1)
+    graph = onnx.load(str(path)).graph
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+    def attr(node, name, default):
+        return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+    depthwise = [n for n in graph.node if n.op_type == "Conv" and attr(n, "group", 1) > 1]
+    strided = [n for n in depthwise if max(attr(n, "strides", [1, 1])) > 1]
+    blocks = [b for b in model.layers if hasattr(b, "depth_conv") and getattr(b.depth_conv, "k", None)]
+    k = blocks[0].depth_conv.k
+    n_strided = sum(b.depth_conv.stride > 1 for b in blocks)
+    assert n_strided > 0 and len(strided) == k * n_strided
+    assert all(n.input[1] in constants for n in strided)
+    assert sum(n.input[1] not in constants for n in depthwise) == len(blocks) - n_strided
+    dyrelu = [n for n in graph.node if n.op_type == "BatchNormalization" and n.input[1] not in constants]
+    assert len(dyrelu) == 2 * len(blocks)

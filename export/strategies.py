@@ -13,7 +13,7 @@ that differently, so the same math is written several ways:
   and constant weights, then an attention-weighted sum. Backends see constant weights (needed by
   INT8 and TensorRT) at K times the arithmetic of those convolutions.
 * ``hybrid``   -- ``matmul``, plus two rewrites for ONNX Runtime's CPU kernels. Strided depthwise
-  dynamic convolutions become K depthwise convolutions with constant kernels, weighted by the
+  dynamic convolutions (all but the first) become K depthwise convolutions with constant kernels, weighted by the
   attention and summed (y = sum_k a_k conv(x, W_k) as K separate convs): ONNX Runtime runs a
   depthwise conv with run-time kernels through im2col and one GEMM per channel, 3-8x slower than
   its pre-packed constant-kernel path at stride 2, while at stride 1 the K passes cost more than
@@ -133,7 +133,7 @@ class _KernelBank(nn.Module):
 class ExportBlock(nn.Module):
     """A DynamicBlock with BN, temperature and heads folded, and dynamic convs in the chosen form."""
 
-    def __init__(self, block: DynamicBlock, strategy: str, dynamic_batch: bool) -> None:
+    def __init__(self, block: DynamicBlock, strategy: str, dynamic_batch: bool, *, strided_banks: bool = True) -> None:
         super().__init__()
         self.use_res_connect = block.use_res_connect
         cg = block.context_gen
@@ -148,7 +148,7 @@ class ExportBlock(nn.Module):
             pointwise = conv.kernel_size == 1 and conv.groups == 1
             if strategy in ("matmul", "hybrid") and pointwise:
                 return "matmul"
-            if strategy == "hybrid" and (conv.stride > 1 or dynamic_batch):
+            if strategy == "hybrid" and ((conv.stride > 1 and strided_banks) or dynamic_batch):
                 return "banks"
             return "expanded" if dynamic_batch else "grouped"
 
@@ -247,6 +247,10 @@ class ExportBlock(nn.Module):
         return out if b == 1 else out.reshape(b, c, h, w)
 
 
+def _stride(conv: nn.Module) -> int:
+    return conv.stride[0] if isinstance(conv.stride, tuple) else conv.stride
+
+
 def prepare_for_export(model: nn.Module, strategy: str, *, dynamic_batch: bool) -> nn.Module:
     """A copy of ``model`` whose dynamic blocks use ``strategy``; MobileNetV3 models come back unchanged.
 
@@ -262,7 +266,14 @@ def prepare_for_export(model: nn.Module, strategy: str, *, dynamic_batch: bool) 
             raise ExportError("the grouped strategy folds the batch into conv groups, so it needs a fixed batch (--batch N)")
         return model
     export_model = copy.deepcopy(model).eval()
+    strided_seen = False
     for i, layer in enumerate(export_model.layers):
         if isinstance(layer, DynamicBlock):
-            export_model.layers[i] = ExportBlock(layer, strategy, dynamic_batch)
+            # hybrid leaves the first strided block's depthwise conv in run-time form: it reads the
+            # largest activation (the stem's resolution), whose NCHWc copy for K constant convs added
+            # 9 MB to a dymn10 session's peak (128 -> 137 MB) and the K passes over it cost as much
+            # time as they saved (37.9 against 37.8 ms).
+            export_model.layers[i] = ExportBlock(layer, strategy, dynamic_batch, strided_banks=strided_seen)
+            depth = layer.depth_conv if isinstance(layer.depth_conv, DynamicConv) else layer.depth_conv.module
+            strided_seen = strided_seen or _stride(depth) > 1
     return export_model

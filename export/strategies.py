@@ -12,16 +12,17 @@ that differently, so the same math is written several ways:
 * ``expanded`` -- linearity: y = sum_k a_k conv(x, W_k). One convolution with K x out channels
   and constant weights, then an attention-weighted sum. Backends see constant weights (needed by
   INT8 and TensorRT) at K times the arithmetic of those convolutions.
-* ``hybrid``   -- ``matmul``, plus two rewrites for ONNX Runtime's CPU kernels. Strided depthwise
-  dynamic convolutions (all but the first) become K depthwise convolutions with constant kernels, weighted by the
-  attention and summed (y = sum_k a_k conv(x, W_k) as K separate convs): ONNX Runtime runs a
-  depthwise conv with run-time kernels through im2col and one GEMM per channel, 3-8x slower than
-  its pre-packed constant-kernel path at stride 2, while at stride 1 the K passes cost more than
-  they save. And each Dy-ReLU piece a * BN(z) + b is one BatchNormalization with run-time scale
-  and bias (the depthwise BN folded in), one pass instead of three. dymn10 in ONNX Runtime, 1
-  thread: 39.2 -> 36.1 ms (docs/benchmarks.md). OpenVINO runs the K convolutions slower than its
-  run-time-kernel depthwise, so ``auto`` decides per backend. With a dynamic batch every depthwise
-  dynamic conv takes the K-convolution form and Dy-ReLU stays elementwise.
+* ``hybrid``   -- ``matmul``, plus two rewrites for ONNX Runtime's CPU kernels.
+  - Strided depthwise dynamic convolutions, all but the first, become K depthwise convolutions
+    with constant kernels, weighted by the attention and summed. ONNX Runtime runs a depthwise
+    conv with run-time kernels through im2col and one GEMM per channel, 3-8x slower than its
+    pre-packed constant-kernel path at stride 2. At stride 1 the K passes cost as much as they save.
+  - Each Dy-ReLU piece a * BN(z) + b is one BatchNormalization with run-time scale and bias, with
+    the depthwise BN folded in: one pass instead of three.
+  dymn10 in ONNX Runtime, 1 thread, interleaved: 40.3 -> 37.5 ms (docs/benchmarks.md). OpenVINO
+  runs the K convolutions slower than its run-time-kernel depthwise, so ``auto`` decides per
+  backend. With a dynamic batch every depthwise dynamic conv takes the K-convolution form and
+  Dy-ReLU stays elementwise.
 
 Every strategy but ``grouped`` also folds, in float64, the attention temperature into the
 attention layer and the block's four small heads (three attentions, Dy-ReLU coefficients) into

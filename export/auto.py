@@ -24,14 +24,14 @@ logger = logging.getLogger(__name__)
 AUTO_BACKENDS = ("onnxruntime", "openvino")
 
 
-def _runner(backend: str, path: Path, threads: int):
+def _runner(backend: str, path: Path, threads: int, frames: int):
     if backend == "onnxruntime":
         from dymn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, threads=threads).infer
     from dymn_edge.runtime.backends.openvino import OpenVinoBackend
 
-    return OpenVinoBackend(path, threads=threads).infer
+    return OpenVinoBackend(path, threads=threads, static_frames=frames).infer
 
 
 def measure_strategies(
@@ -51,7 +51,7 @@ def measure_strategies(
     for backend in backends:
         for strategy, path in models.items():
             try:
-                runners[backend, strategy] = _runner(backend, path, threads)
+                runners[backend, strategy] = _runner(backend, path, threads, features.shape[-1])
             except BackendUnavailableError as e:
                 logger.info("auto strategy: skipping %s (%s)", backend, e)
                 break

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError
+from ..frontend import n_frames
 from .base import Backend
 
 __all__ = ["BACKENDS", "Backend", "check_against_manifest", "create_backend"]
@@ -56,7 +57,8 @@ def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None,
         # GPU and NPU keep their native half precision.
         device = device or "CPU"
         precision = "f32" if bundle.precision == "fp32" or device.startswith("CPU") else None
-        return OpenVinoBackend(model, threads=threads, device=device, precision=precision)
+        window = n_frames(round(bundle.window_s * bundle.frontend.sample_rate_hz), bundle.frontend)
+        return OpenVinoBackend(model, threads=threads, device=device, precision=precision, static_frames=window)
     if name == "tensorrt":
         from .tensorrt import TensorRTBackend
 

@@ -16,20 +16,22 @@ logger = logging.getLogger(__name__)
 
 
 class OpenVinoBackend:
-    """OpenVINO inference, compiled once per input shape.
+    """OpenVINO inference; full windows run on a model compiled for their exact shape.
 
-    A model with a dynamic frame (or batch) axis is compiled for each concrete shape it is given,
-    and the last few compilations are kept: OpenVINO's CPU plugin runs a statically shaped model
-    much faster (dymn04 `grouped`, 10 s window, 1 thread: 12.8 -> 8.9 ms; dymn10 `matmul` 37.6 ->
-    29.8 ms), and NPUs need static shapes. A stream or a file is cut into equal windows, so it
-    compiles once.
+    OpenVINO's CPU plugin runs a statically shaped model much faster than one with a dynamic frame
+    axis (dymn04 `grouped`, 10 s window, 1 thread: 12.8 -> 8.9 ms; dymn10 `matmul` 37.6 -> 29.8
+    ms), and NPUs need static shapes. Inputs with ``static_frames`` frames (the bundle's window)
+    get a model compiled for their shape on first use, the last few kept. Other lengths (the short
+    windows at the start of a stream, the end of a file) share one dynamic compilation, so they
+    never trigger a compile each.
     """
 
     name = "openvino"
     max_shapes = 4
 
     def __init__(
-        self, model_path: str | Path, *, threads: int | None = None, device: str = "CPU", precision: str | None = "f32"
+        self, model_path: str | Path, *, threads: int | None = None, device: str = "CPU", precision: str | None = "f32",
+        static_frames: int | None = None,
     ) -> None:
         try:
             import openvino as ov
@@ -43,7 +45,7 @@ class OpenVinoBackend:
         config: dict = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
         if threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.model_path, self.device = model_path, device
+        self.model_path, self.device, self.static_frames = model_path, device, static_frames
         self._core, self._config = core, config
         try:
             self.model = core.read_model(str(model_path))
@@ -53,35 +55,39 @@ class OpenVinoBackend:
         self.input_shape = [d.get_length() if d.is_static else None for d in shape]
         self.output_shape = [d.get_length() if d.is_static else None for d in self.model.outputs[0].get_partial_shape()]
         self.max_batch = self.input_shape[0]
-        self._requests: OrderedDict[tuple[int, ...], object] = OrderedDict()
-        if shape.is_static:
-            self._request(tuple(self.input_shape))
+        # The model as written (dynamic axes and all), compiled on first use unless already static.
+        self._as_written = self._compile(self.model, self.input_shape) if shape.is_static else None
+        self._static: OrderedDict[tuple[int, ...], object] = OrderedDict()
         logger.info(
-            "openvino %s on %s: input %s, precision %s, threads %s", ov.__version__, device, shape, precision, threads or "default"
+            "openvino %s on %s: input %s, precision %s, threads %s, static for %s frames",
+            ov.__version__, device, shape, precision, threads or "default", static_frames,
         )
 
-    def _request(self, shape: tuple[int, ...]):
-        """The infer request compiled for ``shape`` (compiled on first use, least recently used dropped)."""
-        if shape in self._requests:
-            self._requests.move_to_end(shape)
-            return self._requests[shape]
-        model = self.model
-        if not model.inputs[0].get_partial_shape().is_static:
-            model = model.clone()
-            model.reshape({model.inputs[0]: list(shape)})
+    def _compile(self, model, shape):
         try:
-            request = self._core.compile_model(model, self.device, self._config).create_infer_request()
+            return self._core.compile_model(model, self.device, self._config).create_infer_request()
         except RuntimeError as e:
-            raise BundleError(f"{self.model_path}: OpenVINO cannot compile this model for input {list(shape)} on {self.device}: {e}") from e
-        self._requests[shape] = request
-        if len(self._requests) > self.max_shapes:
-            self._requests.popitem(last=False)
-        return request
+            raise BundleError(f"{self.model_path}: OpenVINO cannot compile this model for input {shape} on {self.device}: {e}") from e
+
+    def _request(self, shape: tuple[int, ...]):
+        """The infer request for ``shape``: its own static compilation for full windows, else the dynamic one."""
+        if shape in self._static:
+            self._static.move_to_end(shape)
+            return self._static[shape]
+        if self.model.inputs[0].get_partial_shape().is_static or shape[-1] != self.static_frames:
+            if self._as_written is None:
+                self._as_written = self._compile(self.model, self.input_shape)
+            return self._as_written
+        model = self.model.clone()
+        model.reshape({model.inputs[0]: list(shape)})
+        self._static[shape] = self._compile(model, list(shape))
+        if len(self._static) > self.max_shapes:
+            self._static.popitem(last=False)
+        return self._static[shape]
 
     def infer(self, features: np.ndarray) -> np.ndarray:
         features = np.ascontiguousarray(features, dtype=np.float32)
         try:
-            request = self._request(features.shape)
-            return np.asarray(request.infer({0: features})[0])
+            return np.asarray(self._request(features.shape).infer({0: features})[0])
         except RuntimeError as e:
             raise BundleError(f"{self.model_path}: OpenVINO rejected input of shape {features.shape}: {e}") from e

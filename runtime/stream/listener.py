@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DymnEdgeError
-from ..frontend import FrontendConfig
+from ..frontend import FrontendConfig, n_frames
 from ..labels import LabelSet
 from ..tagging import top_tags
 from .events import EventDetector
@@ -164,10 +164,27 @@ class Listener:
             return
         yield from _prefetch(produce(), stop)
 
+    def _warm_up(self) -> None:
+        """Run silent windows, a full one and a first-hop one, before audio flows.
+
+        A backend's first run compiles or allocates: OpenVINO compiles full windows for their
+        exact shape and shorter ones (a stream's first windows) once more, 0.8 s each for dymn04.
+        Without this a live source would queue windows behind those runs, or drop them, and the
+        first latencies would be off the scale.
+        """
+        batch = getattr(self.backend, "max_batch", None) or 1
+        for samples in sorted({self.windower.window, min(self.windower.hop, self.windower.window)}, reverse=True):
+            silence = np.zeros((batch, 1, self.config.n_mels, n_frames(samples, self.config)), dtype=np.float32)
+            try:
+                self.backend.infer(silence)
+            except Exception as e:  # the same failure would stop the stream at its first window
+                raise DymnEdgeError(f"inference failed on {samples / self.config.sample_rate_hz:g} s of silence: {e}") from e
+
     def run(self, stop: threading.Event | None = None) -> dict:
         """Listen until the source ends or ``stop`` is set; returns the run summary."""
         stop = stop or threading.Event()
         resampler = StreamResampler(self.source.sample_rate, self.config.sample_rate_hz)
+        self._warm_up()
         worker = InferenceWorker(self.backend, self.queue, self._on_result)
         worker.start()
         try:

@@ -29,23 +29,33 @@ def test_unknown_device_lists_the_available_ones():
         Tagger.from_bundle(bundle, "openvino", device="NPU7")
 
 
-def test_each_window_length_gets_its_own_static_compilation_and_the_same_logits(fixtures_dir):
-    """The embedded bundle has a dynamic frame axis; OpenVINO compiles per concrete shape (a
-    static shape runs faster on its CPU plugin) and keeps only the last few."""
+def test_full_windows_run_compiled_for_their_shape_and_other_lengths_share_one_model(fixtures_dir):
+    """Full windows (the bundle's 10 s) get a compilation for their exact shape, which OpenVINO's
+    CPU plugin runs faster; shorter ones share the dynamic model, so a stream's growing first
+    windows do not compile one model each. Every path matches ONNX Runtime."""
+    from dymn_edge.runtime.audio import load_audio
     from dymn_edge.runtime.backends import create_backend
     from dymn_edge.runtime.frontend import log_mel
-    from dymn_edge.runtime.audio import load_audio
 
     bundle = load_bundle(embedded_bundle_path())
     backend = create_backend("openvino", bundle, threads=1)
     reference = create_backend("onnxruntime", bundle, threads=1)
-    assert backend.input_shape[3] is None
+    assert backend.input_shape[3] is None and backend.static_frames == 1000
     mel = log_mel(load_audio(fixtures_dir / "metro_station-paris.wav", bundle.frontend.sample_rate_hz), bundle.frontend)
-    lengths = [1000, 500, 300, 200, 100]
-    for frames in lengths:
-        x = np.ascontiguousarray(mel[None, None, :, :frames], dtype=np.float32)
-        assert np.abs(backend.infer(x) - reference.infer(x)).max() < 1e-4, frames
-    assert list(backend._requests) == [(1, 1, bundle.frontend.n_mels, f) for f in lengths[-backend.max_shapes:]]
-    x = np.ascontiguousarray(mel[None, None, :, :1000], dtype=np.float32)  # recompiled after eviction
-    assert np.abs(backend.infer(x) - reference.infer(x)).max() < 1e-4
-    assert len(backend._requests) == backend.max_shapes
+    full = np.ascontiguousarray(mel[None, None, :, :1000], dtype=np.float32)
+    assert full.shape[3] == 1000
+
+    def check(x):
+        assert np.abs(backend.infer(x) - reference.infer(x)).max() < 1e-4, x.shape
+
+    for frames in (100, 300, 500):
+        check(full[..., :frames])
+    assert not backend._static and backend._as_written is not None
+    shared = backend._as_written
+    check(full)
+    assert list(backend._static) == [(1, 1, 128, 1000)]
+    for batch in (2, 3, 4, 5):  # the embedded model's batch axis is dynamic too
+        check(np.repeat(full, batch, axis=0))
+    assert list(backend._static) == [(b, 1, 128, 1000) for b in (2, 3, 4, 5)]  # the oldest dropped
+    check(full[..., :700])
+    assert backend._as_written is shared

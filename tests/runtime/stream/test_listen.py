@@ -213,3 +213,36 @@ def test_bad_options_exit_2(tmp_path):
                           (["--smoothing", "mean"], "'mean' is not one of"), (["--input-format", "s12"], "'s12' is not one of")]:
         proc = _listen(*args, cwd=tmp_path)
         assert proc.returncode == 2 and message in proc.stderr.decode(), proc.stderr.decode()
+
+
+class _Shapes:
+    """Records the input shape of every run of the wrapped backend."""
+
+    def __init__(self, backend):
+        self.backend, self.max_batch, self.shapes = backend, backend.max_batch, []
+
+    def infer(self, x):
+        self.shapes.append(x.shape)
+        return self.backend.infer(x)
+
+
+def test_a_live_stream_warms_the_backend_up_before_audio_flows(mixture):
+    """OpenVINO compiles on first use: the full window for its exact shape, shorter windows once
+    more. The listener runs both before the source starts (the first two runs), so the live stream
+    then scores every window (two-slot queue, 0.1 s hop)."""
+    pytest.importorskip("openvino", reason='OpenVINO not installed (pip install "dymn-edge[openvino]")')
+    audio, _, _ = mixture
+    from dymn_edge.runtime.backends.openvino import OpenVinoBackend
+
+    bundle = load_bundle(embedded_bundle_path())
+    backend = _Shapes(OpenVinoBackend(bundle.require("onnx"), threads=1, static_frames=200))  # a 2 s window
+    sink = _Record()
+    stop = threading.Event()
+    threading.Timer(3.0, stop.set).start()
+    options = ListenOptions(window_s=2.0, hop_s=0.1, queue_size=2)
+    listener = Listener(backend, bundle.labels, _PacedSource(audio), options, [sink], frontend=bundle.frontend)
+    summary = listener.run(stop)
+    assert backend.shapes[:2] == [(1, 1, 128, 200), (1, 1, 128, 10)]  # before the first window
+    assert summary["dropped_windows"] == 0 and summary["windows"] >= 25
+    assert len(sink.results) == summary["windows"]
+    assert list(backend.backend._static) == [(1, 1, 128, 200)] and backend.backend._as_written is not None

@@ -2,7 +2,7 @@
 
 Why `hybrid` banks only the strided depthwise convolutions (export/strategies.py). Each form is a
 tiny ONNX graph with the same K = 4 kernels and attention, checked against the first form to
-1e-4, timed alone (1 thread, median of 30 runs):
+1e-4, and the five are timed side by side (1 thread, 10 interleaved rounds of 3 runs, medians):
 
 * ``run-time``   -- one grouped Conv whose kernel is an input (what grouped/matmul export);
 * ``constant``   -- the same Conv with its aggregated kernel as an initializer (a lower bound:
@@ -16,11 +16,11 @@ tiny ONNX graph with the same K = 4 kernels and attention, checked against the f
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from dymn_edge.export.auto import interleaved_medians
 
 K = 4
 # (channels, height, width of the input, kernel, stride) of dymn10's 15 depthwise convolutions
@@ -37,17 +37,6 @@ def _session(nodes, inputs, initializers=()):
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _median_ms(session, feeds, runs=30):
-    for _ in range(3):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
 
 
 def forms(channels, height, width, kernel, stride, rng):
@@ -89,12 +78,11 @@ def forms(channels, height, width, kernel, stride, rng):
     a5 = a.reshape(1, 1, K, 1, 1)
     sessions["expanded"] = (_session(nodes, [x_in, helper.make_tensor_value_info("a5", TensorProto.FLOAT, a5.shape)], initializers), {"x": x, "a5": a5})
 
-    result = {}
     for form, (session, feeds) in sessions.items():
         error = np.abs(session.run(None, feeds)[0] - reference).max()
         assert error < 1e-4, f"{form} differs from the run-time-kernel conv by {error:.1e}"
-        result[form] = _median_ms(session, feeds)
-    return result
+    runners = {form: (lambda _, s=session, f=feeds: s.run(None, f)) for form, (session, feeds) in sessions.items()}
+    return interleaved_medians(runners, None, rounds=10, runs_per_round=3)
 
 
 def main() -> None:

@@ -248,10 +248,6 @@ class ExportBlock(nn.Module):
         return out if b == 1 else out.reshape(b, c, h, w)
 
 
-def _stride(conv: nn.Module) -> int:
-    return conv.stride[0] if isinstance(conv.stride, tuple) else conv.stride
-
-
 def prepare_for_export(model: nn.Module, strategy: str, *, dynamic_batch: bool) -> nn.Module:
     """A copy of ``model`` whose dynamic blocks use ``strategy``; MobileNetV3 models come back unchanged.
 
@@ -275,6 +271,6 @@ def prepare_for_export(model: nn.Module, strategy: str, *, dynamic_batch: bool) 
             # 9 MB to a dymn10 session's peak (128 -> 137 MB) and the K passes over it cost as much
             # time as they saved (37.9 against 37.8 ms).
             export_model.layers[i] = ExportBlock(layer, strategy, dynamic_batch, strided_banks=strided_seen)
-            depth = layer.depth_conv if isinstance(layer.depth_conv, DynamicConv) else layer.depth_conv.module
-            strided_seen = strided_seen or _stride(depth) > 1
+            # only DynamicConvs are banked, so only theirs count
+            strided_seen = strided_seen or (isinstance(layer.depth_conv, DynamicConv) and layer.depth_conv.stride > 1)
     return export_model

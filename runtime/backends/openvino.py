@@ -45,7 +45,7 @@ class OpenVinoBackend:
         config: dict = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
         if threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.model_path, self.device, self.static_frames = model_path, device, static_frames
+        self.model_path, self.device = model_path, device
         self._core, self._config = core, config
         try:
             self.model = core.read_model(str(model_path))
@@ -55,12 +55,13 @@ class OpenVinoBackend:
         self.input_shape = [d.get_length() if d.is_static else None for d in shape]
         self.output_shape = [d.get_length() if d.is_static else None for d in self.model.outputs[0].get_partial_shape()]
         self.max_batch = self.input_shape[0]
+        self.static_frames = None if shape.is_static else static_frames  # a static model is compiled once, as written
         # The model as written (dynamic axes and all), compiled on first use unless already static.
         self._as_written = self._compile(self.model, self.input_shape) if shape.is_static else None
         self._static: OrderedDict[tuple[int, ...], object] = OrderedDict()
         logger.info(
             "openvino %s on %s: input %s, precision %s, threads %s, static for %s frames",
-            ov.__version__, device, shape, precision, threads or "default", static_frames,
+            ov.__version__, device, shape, precision, threads or "default", self.static_frames,
         )
 
     def _compile(self, model, shape):
@@ -74,7 +75,7 @@ class OpenVinoBackend:
         if shape in self._static:
             self._static.move_to_end(shape)
             return self._static[shape]
-        if self.model.inputs[0].get_partial_shape().is_static or shape[-1] != self.static_frames:
+        if shape[-1] != self.static_frames:
             if self._as_written is None:
                 self._as_written = self._compile(self.model, self.input_shape)
             return self._as_written

@@ -1,13 +1,14 @@
 """Which DyMN export strategy quantizes best, per backend: INT8 accuracy of dymn04_edge in every strategy.
 
 The project's distilled dymn04_edge (runtime/assets/models/dymn04_edge/model.pt) is exported in
-`grouped`, `matmul` and `expanded`, calibrated for each backend with its default estimator on 64
+every strategy (`grouped`, `matmul`, `expanded`, `hybrid`), calibrated for each backend with its default estimator on 64
 windows of shared/data/pool, and evaluated on all 300 ESC-50 clips (disjoint from the pool): top-5
 and top-1 agreement with the FP32 export of the same strategy, top-5 hit rate and mAP over the
 mapped classes. The TensorRT Q/DQ model is run by ONNX Runtime (no TensorRT here). The figures
 feed `export.strategies.INT8_STRATEGIES`, the table `--strategy auto` takes for INT8.
 
-    python benchmarks/int8_strategies.py   # -> benchmarks/results/int8_strategies.json (about 15 min)
+    python benchmarks/int8_strategies.py   # -> benchmarks/results/int8_strategies.json (about 20 min)
+    python benchmarks/int8_strategies.py --strategies hybrid   # one strategy, the others kept from the JSON
 """
 
 from __future__ import annotations
@@ -38,16 +39,26 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="calibration window sampling seed")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "int8_strategies.json")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma-separated; the results of the others are kept from an existing --json of the same model, samples and seed")
     args = parser.parse_args()
+    strategies = args.strategies.split(",")
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; expected some of {', '.join(STRATEGIES)}")
     logging.basicConfig(level=logging.ERROR)
     pool, esc50 = args.shared / "data" / "pool", args.shared / "data" / "esc50" / "labels.csv"
     embedded = load_bundle(REPO / "runtime" / "assets" / "models" / args.model)
     data = build_feature_set(esc50, window_s=10.0, labels=embedded.labels, progress=False)
     checkpoint = load_checkpoint(embedded.require("checkpoint"))
     results: dict = {}
+    if args.json.exists():
+        previous = json.loads(args.json.read_text())
+        if (previous.get("model"), previous.get("samples"), previous.get("seed")) == (args.model, args.samples, args.seed):
+            results = {s: r for s, r in previous["results"].items() if s not in strategies}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             fp32 = export_bundle(checkpoint, work / strategy, name=args.model, strategy=strategy, batch=1, include_checkpoint=False,
                                  verify_parity=False)
             ref = run_model(fp32, data, timed_runs=0)
@@ -66,7 +77,7 @@ def main() -> None:
                       f"hit {metrics['top5_hit']:.3f} (FP32 {results[strategy]['fp32']['top5_hit']:.3f})  mAP {metrics['map']:.4f}", flush=True)
                 args.json.write_text(json.dumps({"machine": machine_info(), "model": args.model, "samples": args.samples,
                                                  "seed": args.seed, "results": results}, indent=2) + "\n")
-    best = {b: max(STRATEGIES, key=lambda s: results[s][b]["top5_agreement"]) for b in BACKENDS}
+    best = {b: max(results, key=lambda s: results[s][b]["top5_agreement"]) for b in BACKENDS}
     print("highest top-5 agreement per backend (the rule in INT8_PREFERENCE also weighs latency and noise):", best)
     args.json.write_text(json.dumps({"machine": machine_info(), "model": args.model, "samples": args.samples, "seed": args.seed,
                                      "results": results, "highest_agreement": best}, indent=2) + "\n")

@@ -302,3 +302,34 @@ def test_trained_dymn_keeps_its_kernels_in_float_and_survives_int8(backend, shar
             if node.name in float_nodes:
                 assert not any(producers.get(i) == "DequantizeLinear" for i in node.input), node.name
         assert check_qdq(out.require("onnx")) == []
+
+
+def test_hybrid_dy_relu_norms_with_run_time_parameters_stay_in_float(shared, tmp_path, caplog):
+    """`hybrid` writes each Dy-ReLU piece as a BatchNormalization whose scale and bias are computed per
+    input. ONNX Runtime's quantizer took them for activations (one scale for every channel) and
+    logged "Expected bias ... to be an initializer" for each; they now stay in float, silently."""
+    pytest.importorskip("torch", reason="exporting the hybrid strategy needs torch")
+    from dymn_edge.calibration.ort_qdq import run_time_affine_norms
+    from dymn_edge.export.onnx import export_bundle
+    from dymn_edge.train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(load_bundle(embedded_bundle_path("dymn04_edge")).require("checkpoint"))
+    fp32 = export_bundle(checkpoint, tmp_path / "hybrid", strategy="hybrid", batch=1, include_checkpoint=False, verify_parity=False,
+                         fused=False)
+    float_nodes = run_time_affine_norms(fp32.require("onnx"))
+    graph = onnx.load(str(fp32.require("onnx")), load_external_data=False).graph
+    norms = [n.name for n in graph.node if n.name in float_nodes and n.op_type == "BatchNormalization"]
+    assert len(norms) == 2 * 15  # two Dy-ReLU pieces per block
+    assert sum(n.op_type in ("MatMul", "Gemm") for n in graph.node if n.name in float_nodes) == 15  # one coefficient net per block
+    with caplog.at_level("WARNING"):
+        out = calibrate_bundle(fp32, shared / "data" / "pool", tmp_path / "int8", samples=16, progress=False)
+    assert "to be an initializer" not in caplog.text
+    model = onnx.load(str(out.require("onnx")), load_external_data=False)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    # The BatchNorms' data input is the depthwise output, an activation; their parameters, and every
+    # input of the nodes between them and the coefficient net's MatMul, stay float.
+    float_inputs = {n.name: n.input[1:3] if n.op_type == "BatchNormalization" else n.input
+                    for n in model.graph.node if n.name in float_nodes and n.op_type not in ("MatMul", "Gemm")}
+    quantized = [name for name, inputs in float_inputs.items() if any(producers.get(i) == "DequantizeLinear" for i in inputs)]
+    assert quantized == []
+    assert sum(n.name in norms for n in model.graph.node) == len(norms)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dymn_edge.runtime.audio import AUDIO_SUFFIXES, audio_files_in, load_audio
+from dymn_edge.runtime.audio import AUDIO_SUFFIXES, audio_files_in, load_audio, seconds_to_samples
 from dymn_edge.runtime.checksum import sha256_file
 from dymn_edge.runtime.errors import AudioFormatError, CalibrationError
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel
@@ -116,7 +116,7 @@ def _file_features(path: Path, config: FrontendConfig, window_s: float, cache: P
             return [data[f"f{i}"] for i in range(len(starts))], starts, bool(data["constant"])
     wave = load_audio(path, config.sample_rate_hz)
     constant = float(np.std(wave)) < 1e-4
-    window = int(window_s * config.sample_rate_hz)
+    window = seconds_to_samples(window_s, config.sample_rate_hz)
     features, starts = [], []
     for start in range(0, max(1, len(wave) - config.min_samples + 1), window):
         piece = wave[start : start + window]

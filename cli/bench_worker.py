@@ -20,12 +20,12 @@ import numpy as np
 
 
 def features(window_s: float, batch: int) -> np.ndarray:
-    from dymn_edge.runtime.audio import load_audio
+    from dymn_edge.runtime.audio import load_audio, seconds_to_samples
     from dymn_edge.runtime.frontend import log_mel
     from dymn_edge.runtime.registry import demo_clip_path
 
     wave = load_audio(demo_clip_path())
-    need = int(window_s * 32000)
+    need = seconds_to_samples(window_s)
     wave = np.tile(wave, need // len(wave) + 1)[:need]  # real audio, looped to the window length
     return np.repeat(log_mel(wave)[None, None], batch, axis=0)
 

@@ -182,11 +182,11 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
     batch = "default" if batch is None else None if batch == "dynamic" else batch
     probe = None
     if probe_audio is not None:
-        from dymn_edge.runtime.audio import load_audio
+        from dymn_edge.runtime.audio import load_audio, seconds_to_samples
         from dymn_edge.runtime.frontend import log_mel
 
         wave = load_audio(probe_audio)
-        probe = log_mel(wave[: int(window_s * 32000)])[None, None]
+        probe = log_mel(wave[: seconds_to_samples(window_s)])[None, None]
     bundle = export_bundle(
         loaded, out, name=name or default_name, strategy=strategy, batch=batch, opset=opset, window_s=window_s,
         include_checkpoint=not no_checkpoint, overwrite=force, probe=probe, labels=labels, fused=not no_fused,

@@ -130,7 +130,7 @@ def _timed(backend, x: np.ndarray) -> tuple[np.ndarray, float]:
 
 def check_bundle(bundle_path: Path, components: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the bundle on each available backend; each row has the logit difference to ONNX Runtime CPU."""
-    from dymn_edge.runtime.audio import load_audio
+    from dymn_edge.runtime.audio import load_audio, seconds_to_samples
     from dymn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from dymn_edge.runtime.bundle import load_bundle
     from dymn_edge.runtime.frontend import log_mel
@@ -141,7 +141,7 @@ def check_bundle(bundle_path: Path, components: dict[str, dict[str, Any]]) -> li
     reference = OnnxRuntimeBackend(reference_model or bundle.require("onnx", hint="; doctor compares every backend with ONNX Runtime CPU"),
                                    providers=["CPUExecutionProvider"])
     sr = bundle.frontend.sample_rate_hz
-    x = log_mel(load_audio(demo_clip_path(), sr)[: int(bundle.window_s * sr)], bundle.frontend)[None, None]
+    x = log_mel(load_audio(demo_clip_path(), sr)[: seconds_to_samples(bundle.window_s, sr)], bundle.frontend)[None, None]
     if reference.max_batch and reference.max_batch > 1:
         x = np.repeat(x, reference.max_batch, axis=0)
     expected, ms = _timed(reference, x)

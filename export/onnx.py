@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dymn_edge import __version__
-from dymn_edge.runtime.audio import load_audio
+from dymn_edge.runtime.audio import load_audio, seconds_to_samples
 from dymn_edge.runtime.bundle import INT8_PREFERENCE, Bundle, onnx_payload, write_bundle
 from dymn_edge.runtime.errors import ExportError
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel, n_frames
@@ -61,7 +61,7 @@ def shape_profiles(batch: int | None, window_s: float, config: FrontendConfig = 
     pass (``MAX_SINGLE_PASS_S``) or one window, whichever is longer; the window is the optimum.
     """
     sr = config.sample_rate_hz
-    opt_frames = n_frames(int(window_s * sr), config)
+    opt_frames = n_frames(seconds_to_samples(window_s, sr), config)
     max_frames = max(opt_frames, n_frames(int(MAX_SINGLE_PASS_S * sr), config))
     lo, hi = (1, MAX_PROFILE_BATCH) if batch is None else (batch, batch)
     return {INPUT_NAME: {"min": [lo, 1, config.n_mels, 1], "opt": [lo, 1, config.n_mels, opt_frames], "max": [hi, 1, config.n_mels, max_frames]}}

@@ -42,7 +42,7 @@ import numpy as np
 
 from dymn_edge import __version__
 from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache, version_tag
-from dymn_edge.runtime.audio import load_audio
+from dymn_edge.runtime.audio import load_audio, seconds_to_samples
 from dymn_edge.runtime.backends import create_backend
 from dymn_edge.runtime.backends.tensorrt import api_generation, import_tensorrt
 from dymn_edge.runtime.bundle import Bundle, derived_metadata, load_bundle, update_manifest, write_bundle
@@ -263,7 +263,7 @@ def _parity(bundle: Bundle, reference_onnx: Path) -> float:
     import onnxruntime as ort
 
     wave = load_audio(demo_clip_path(), bundle.frontend.sample_rate_hz)
-    x = log_mel(wave[: int(bundle.window_s * bundle.frontend.sample_rate_hz)], bundle.frontend)[None, None]
+    x = log_mel(wave[: seconds_to_samples(bundle.window_s, bundle.frontend.sample_rate_hz)], bundle.frontend)[None, None]
     backend = create_backend("tensorrt", bundle)
     if backend.max_batch and backend.max_batch > 1:
         x = np.repeat(x, backend.max_batch, axis=0)

@@ -17,12 +17,21 @@ import soxr
 from .errors import AudioFormatError
 from .frontend import SAMPLE_RATE
 
-__all__ = ["AUDIO_SUFFIXES", "audio_files_in", "decode_audio", "load_audio", "resample", "to_mono", "check_finite"]
+__all__ = ["AUDIO_SUFFIXES", "audio_files_in", "check_finite", "decode_audio", "load_audio", "resample", "seconds_to_samples", "to_mono"]
 
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")  # what a folder of audio is taken to hold
 RESAMPLE_QUALITY = "HQ"  # soxr's high quality: what librosa.load(sr=...) uses, so EfficientAT's own pipeline
+
+
+def seconds_to_samples(seconds: float, sample_rate_hz: int = SAMPLE_RATE) -> int:
+    """Samples in ``seconds`` of audio, rounded to the nearest: every window and hop goes through here.
+
+    ``int()`` truncates the float product: 2.01 s at 32 kHz is 64319.99... and became 64319 samples
+    in file tagging but 64320 in the live stream, so the two saw different windows.
+    """
+    return round(seconds * sample_rate_hz)
 
 
 def audio_files_in(folder: Path) -> list[Path]:

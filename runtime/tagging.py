@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from .audio import load_audio
+from .audio import load_audio, seconds_to_samples
 from .backends import Backend, create_backend
 from .bundle import Bundle
 from .frontend import LogMel
@@ -168,7 +168,7 @@ class Tagger:
             logger.info("%s: %.0f s is longer than %.0f s; tagging %.0f s windows", path, duration, MAX_SINGLE_PASS_S, window_s)
         timeline = []
         min_length = getattr(getattr(self.frontend, "config", None), "min_samples", 1)
-        for start, end in window_bounds(len(wave), int(window_s * sr), int(hop_s * sr), min_length):
+        for start, end in window_bounds(len(wave), seconds_to_samples(window_s, sr), seconds_to_samples(hop_s, sr), min_length):
             scores = self.scores(wave[start:end])
             timeline.append(Segment(start / sr, end / sr, top_tags(scores, self.labels, top_k), scores))
         clip = np.max([s.scores for s in timeline], axis=0)

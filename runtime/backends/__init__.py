@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..audio import seconds_to_samples
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError
 from ..frontend import n_frames
@@ -57,7 +58,7 @@ def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None,
         # GPU and NPU keep their native half precision.
         device = device or "CPU"
         precision = "f32" if bundle.precision == "fp32" or device.startswith("CPU") else None
-        window = n_frames(round(bundle.window_s * bundle.frontend.sample_rate_hz), bundle.frontend)
+        window = n_frames(seconds_to_samples(bundle.window_s, bundle.frontend.sample_rate_hz), bundle.frontend)
         return OpenVinoBackend(model, threads=threads, device=device, precision=precision, static_frames=window)
     if name == "tensorrt":
         from .tensorrt import TensorRTBackend

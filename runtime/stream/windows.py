@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..audio import seconds_to_samples
 from ..frontend import SAMPLE_RATE
 
 __all__ = ["Window", "Windower"]
@@ -40,8 +41,8 @@ class Windower:
         if window_s <= 0 or hop_s <= 0:
             raise ValueError(f"window and hop must be positive seconds, got window={window_s}, hop={hop_s}")
         self.sample_rate = sample_rate
-        self.window = max(1, round(window_s * sample_rate))
-        self.hop = max(1, round(hop_s * sample_rate))
+        self.window = max(1, seconds_to_samples(window_s, sample_rate))
+        self.hop = max(1, seconds_to_samples(hop_s, sample_rate))
         self.min_samples = min_samples
         self.total = 0
         self._next_end = self.hop

@@ -123,3 +123,20 @@ def test_top_tags_among_a_subset_of_classes():
     tags = top_tags(scores, audioset_labels(), 3, among=[396, 75, 74])
     assert [(t.index, t.label) for t in tags] == [(75, "Bark"), (74, "Dog"), (396, "Siren")]  # ties by class index
     assert [t.index for t in top_tags(scores, audioset_labels(), 2)] == [0, 75]
+
+
+def test_file_tagging_and_the_live_stream_cut_the_same_windows(tagger):
+    """2.01 s at 32 kHz is 64319.99... as a float product. File tagging truncated it to 64319 samples
+    while the stream's Windower rounded to 64320, so the two fed the model different windows."""
+    from dymn_edge.runtime.audio import seconds_to_samples
+    from dymn_edge.runtime.stream.windows import Windower
+
+    sr = 32000
+    assert 2.01 * sr < 64320
+    assert seconds_to_samples(2.01, sr) == 64320
+    wave = (0.1 * np.random.default_rng(0).standard_normal(sr * 9)).astype(np.float32)
+    result = tagger.tag(wave, window_s=2.01, hop_s=2.01)
+    windower = Windower(2.01, 2.01, sr)
+    assert windower.window == windower.hop == 64320
+    assert [round(s.start * sr) for s in result.timeline] == [0, 64320, 128640, 192960, 257280]
+    assert round(result.timeline[0].end * sr) == windower.window

@@ -384,25 +384,29 @@ PHASE static void softmax_attention(const float *w, const float *b, const float 
     for (int k = 0; k < K; k++) a[k] /= sum;
 }
 
+/* sum_k a_k bank[k * stride + i .. + 8]: 8 floats of the per-input kernel (both aggregations below). */
+static inline v8 bank_sum(const float *bank, const float *a, int K, size_t stride, size_t i) {
+    v8 s = splat(a[0]) * ld(bank + i);
+    for (int k = 1; k < K; k++) s += splat(a[k]) * ld(bank + k * stride + i);
+    return s;
+}
+
 /* dst = (sum_k a_k bank[k]) * scale[column]: the per-input kernel with BN's scale applied.
    Each bank is (rows, channels) row-major, channels a multiple of 8; its K kernels are `stride`
    floats apart (rows * channels for a whole bank, more when rows is a slice of its rows). */
 PHASE static void aggregate(const float *bank, const float *a, int K, size_t rows, int channels, size_t stride,
                             const float *scale, float *dst) {
-    for (size_t r = 0; r < rows; r++) {
-        for (int c = 0; c < channels; c += VL) {
-            size_t i = r * channels + c;
-            v8 s = splat(a[0]) * ld(bank + i);
-            for (int k = 1; k < K; k++) s += splat(a[k]) * ld(bank + k * stride + i);
-            st(dst + i, s * ld(scale + c));
-        }
-    }
+    for (size_t r = 0; r < rows; r++)
+        for (int c = 0; c < channels; c += VL)
+            st(dst + r * channels + c, bank_sum(bank, a, K, stride, r * channels + c) * ld(scale + c));
 }
 
 
 /* aggregate for rows [lo, hi) of a (rows, cout) kernel whose banks are `stride` floats apart, written
    as the GEMM's packed panels (gemm_mode): each column group's weights then stream contiguously
    through the tile loop, instead of 64-96 bytes from every row of a matrix up to 2.5 KB wide.
+   DyMN's expansion and projection kernels always come from here, so a block's rows pass
+   packed = (kind == KIND_DYMN) to gemm; mn blocks' static kernels stay row-major.
    GEMM alone, hot caches, machine B: 672 -> 112 at 45 -> 49 GMAC/s, 160 -> 960 at 40 -> 45; the
    narrow expansions of the first blocks (16 -> 64, 72 -> 24) run alike. */
 PHASE static void aggregate_packed(const float *bank, const float *a, int K, int lo, int hi, int rows, int cout,
@@ -411,12 +415,8 @@ PHASE static void aggregate_packed(const float *bank, const float *a, int K, int
         for (int co = 0; co < cout;) {
             int width = panel_vectors(cout, co) * VL;
             float *out = dst + (size_t)co * rows + (size_t)r * width;
-            for (int c = 0; c < width; c += VL) {
-                size_t i = (size_t)r * cout + co + c;
-                v8 s = splat(a[0]) * ld(bank + i);
-                for (int k = 1; k < K; k++) s += splat(a[k]) * ld(bank + k * stride + i);
-                st(out + c, s * ld(scale + co + c));
-            }
+            for (int c = 0; c < width; c += VL)
+                st(out + c, bank_sum(bank, a, K, stride, (size_t)r * cout + co + c) * ld(scale + co + c));
             co += width;
         }
     }
@@ -563,7 +563,6 @@ typedef struct {
     const float *w_exp, *w_dw, *w_proj, *coef, *gate_f, *gate_t;
     float *stash; /* mn with SE: the whole depthwise output, projected in a second pass */
     int phase;    /* 0: rows (for SE blocks up to the depthwise output); 1: the SE blocks' projection */
-    int packed;   /* w_exp and w_proj in the GEMM's panels (DyMN's aggregated kernels) */
     const WeightStream *next; /* the next block's weights, prefetched while the rows run; may be NULL */
 } RowJob;
 
@@ -646,7 +645,7 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
     memset(y_sum_f, 0, sizeof(float) * b->Fo * b->cout);
     prep->b = NULL;
     if (b->kind == KIND_MN) { /* static kernels: nothing to compute per window before the rows */
-        RowJob job = {b, x, y, y_sum_f, b->exp_w, b->dw_w, b->proj_w, NULL, NULL, NULL, NULL, 0, 0, NULL};
+        RowJob job = {b, x, y, y_sum_f, b->exp_w, b->dw_w, b->proj_w, NULL, NULL, NULL, NULL, 0, NULL};
         return job;
     }
     /* Context: means over time (F rows) and over frequency (T rows), one shared 1x1 conv + BN + Hardswish. */
@@ -669,7 +668,7 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
     softmax_attention(b->proj_att_w, b->proj_att_b, h, H, K, b->inv_temp, att + 16);
     float *w_exp = agg, *w_dw = w_exp + (size_t)b->cin * C, *w_proj = w_dw + (size_t)b->k * b->k * C;
     *prep = (Prep){b, h, pf, pt, att, gate_f, gate_t, coef, att + 24, w_exp, w_dw, w_proj};
-    RowJob job = {b, x, y, y_sum_f, w_exp, w_dw, w_proj, coef, gate_f, gate_t, NULL, 0, 1, NULL};
+    RowJob job = {b, x, y, y_sum_f, w_exp, w_dw, w_proj, coef, gate_f, gate_t, NULL, 0, NULL};
     return job;
 }
 
@@ -680,7 +679,7 @@ static void project_row(const RowJob *j, const float *dw_row, int fo, float *sum
     int pool = b->kind == KIND_DYMN;
     Epi e = {NULL, b->proj_shift, ACT_NONE, b->residual ? j->x + (size_t)fo * b->T * b->cout : NULL, 0,
              pool ? j->y_sum_f + (size_t)fo * b->cout : NULL, pool ? sum_t : NULL, pf};
-    gemm(dw_row, 1, b->To, 0, b->cexp, j->w_proj, j->packed, b->cout, j->y + (size_t)fo * b->To * b->cout, 0, &e);
+    gemm(dw_row, 1, b->To, 0, b->cexp, j->w_proj, b->kind == KIND_DYMN, b->cout, j->y + (size_t)fo * b->To * b->cout, 0, &e);
 }
 
 /* Output rows [lo, hi) of a prepared block. The expansion rows a depthwise output row needs live in
@@ -710,7 +709,7 @@ static void block_rows(const RowJob *j, int lo, int hi, float *ring, float *dw_r
             if (r < 0 || r >= F) { in_rows[i] = zero_row; continue; }
             for (; next <= r; next++) {
                 float *slot = ring + (size_t)(next % span) * row_floats + (size_t)pad * C;
-                if (b->has_exp) gemm(x + (size_t)next * T * b->cin, 1, T, 0, b->cin, j->w_exp, j->packed, C, slot, 0, &e_exp);
+                if (b->has_exp) gemm(x + (size_t)next * T * b->cin, 1, T, 0, b->cin, j->w_exp, b->kind == KIND_DYMN, C, slot, 0, &e_exp);
                 else memcpy(slot, x + (size_t)next * T * C, sizeof(float) * T * C);
             }
             in_rows[i] = ring + (size_t)(r % span) * row_floats;

@@ -49,8 +49,8 @@ extras = {
 extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("tensorrt", "dev") for req in reqs})
 
 # The fused backend's C kernels (runtime/csrc/fused_dymn.c), loaded with ctypes, not imported.
-# A generic build everywhere (SSE on x86-64, NEON on aarch64) and an AVX2/FMA build on x86-64 that
-# runtime/backends/fused.py picks when the CPU has both. Optional: without a C compiler the
+# A generic build everywhere (SSE on x86-64, NEON on aarch64), and on x86-64 an AVX2/FMA build and
+# an AVX-512 one (512-bit GEMM tiles) that runtime/backends/fused.py picks by the CPU's features. Optional: without a C compiler the
 # install still succeeds and only --backend fused is unavailable.
 FUSED_SOURCES = ["runtime/csrc/fused_dymn.c"]
 
@@ -63,6 +63,7 @@ def _fused(name: str, flags: list[str]) -> Extension:
 ext_modules = [_fused("_fused_dymn", [])]
 if platform.machine().lower() in ("x86_64", "amd64"):
     ext_modules.append(_fused("_fused_dymn_avx2", ["-mavx2", "-mfma"]))
+    ext_modules.append(_fused("_fused_dymn_avx512", ["-mavx2", "-mfma", "-mavx512f"]))
 
 setup(
     name="dymn-edge",

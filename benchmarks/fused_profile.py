@@ -5,6 +5,8 @@ folder and runs a bundle's fused weights on the demo clip's 10 s log-mel, one th
 
     python benchmarks/fused_profile.py [BUNDLE] [--runs 100] [--flags "-O3 -mavx2 -mfma"]
 
+--flags defaults to those of the build this CPU runs (AVX-512, AVX2 or generic).
+
 BUNDLE defaults to the embedded dymn04_edge. Needs gcc; numpy only otherwise.
 """
 
@@ -32,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", nargs="?", type=Path, default=embedded_bundle_path("dymn04_edge"))
     ap.add_argument("--runs", type=int, default=100)
-    ap.add_argument("--flags", default="-O3 -mavx2 -mfma")
+    ap.add_argument("--flags", default=" ".join(["-O3", *fused.BUILD_FLAGS[fused.runnable_builds()[0]]]))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         so = Path(tmp) / "libfused_profile.so"

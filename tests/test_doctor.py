@@ -26,7 +26,7 @@ def test_components_of_this_machine(monkeypatch):
     report = json.loads(result.output)
     components = report["components"]
     assert set(components) == {"onnxruntime", "openvino", "tensorrt", "fused", "cuda", "audio_inputs"}
-    assert components["fused"]["available"] and components["fused"]["build"] in ("avx2", "generic")
+    assert components["fused"]["available"] and components["fused"]["build"] in ("avx512", "avx2", "generic")
     assert components["onnxruntime"]["available"] and "CPUExecutionProvider" in components["onnxruntime"]["providers"]
     assert components["tensorrt"] == {"available": False, "reason": components["tensorrt"]["reason"]}
     assert components["tensorrt"]["reason"].startswith("TensorRT is not installed: on a Jetson it comes with JetPack")

@@ -7,8 +7,8 @@ once per window and runs expansion, depthwise convolution with Dy-ReLU and coord
 and projection row by row. MobileNetV3 ("mn") blocks run through the same rows with static
 kernels, so mn04 and dymn04 can be compared in one backend. Weights come from the bundle's
 ``model.fused.npz``, which ``dymn-edge export onnx`` writes. Needs numpy only; the C library is
-compiled at install time (a generic build, plus an AVX2/FMA build on x86-64 that is used when the
-CPU has both).
+compiled at install time: a generic build, and on x86-64 an AVX2/FMA build and an AVX-512 build,
+the best one this CPU runs picked at load time.
 
 ``threads`` > 1 splits each block's output rows, and a DyMN block's gates, Dy-ReLU coefficients
 and kernel aggregation, into chunks that many threads (at most 8) claim; the context's shared conv,
@@ -64,27 +64,48 @@ class _Net(C.Structure):
         (n, _FP) for n in (*_HEAD_ARRAYS, "work")] + [("team", C.c_void_p)]
 
 
-def _cpu_has_avx2_fma() -> bool:
+def _cpu_features() -> dict:
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:  # numpy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as features
+    return features
+
+
+def _cpu_has_avx2_fma() -> bool:
+    features = _cpu_features()
     return bool(features.get("AVX2") and features.get("FMA3"))
 
 
-def library_variant() -> tuple[str, Path]:
-    """(variant, path) of the compiled library this CPU should use: "avx2" or "generic".
+def _cpu_has_avx512() -> bool:
+    return _cpu_has_avx2_fma() and bool(_cpu_features().get("AVX512F"))
 
-    ``DYMN_EDGE_FUSED_BUILD=generic`` (or ``avx2``) forces one, for tests and comparisons.
+
+BUILDS = {"avx512": _cpu_has_avx512, "avx2": _cpu_has_avx2_fma, "generic": lambda: True}  # best first
+_NEEDS = {"avx512": "AVX-512F, AVX2 or FMA", "avx2": "AVX2 or FMA"}
+BUILD_FLAGS = {"avx512": ["-mavx2", "-mfma", "-mavx512f"], "avx2": ["-mavx2", "-mfma"], "generic": []}  # as setup.py compiles them
+
+
+def runnable_builds() -> list[str]:
+    """The compiled variants this CPU can run, fastest first (whether installed or not)."""
+    return [name for name, runs in BUILDS.items() if runs()]
+
+
+def library_variant() -> tuple[str, Path]:
+    """(variant, path) of the compiled library this CPU should use: "avx512", "avx2" or "generic".
+
+    The AVX-512 build runs the GEMM tiles on 16-float vectors: dymn10 1.34x and mn04_as 1.25x faster
+    than the AVX2 build on an AMD EPYC with AVX-512 (docs/benchmarks.md).
+    ``DYMN_EDGE_FUSED_BUILD=generic`` (or ``avx2``, ``avx512``) forces one, for tests and comparisons.
     """
     forced = os.environ.get("DYMN_EDGE_FUSED_BUILD")
-    if forced not in (None, "", "avx2", "generic"):
-        raise BackendUnavailableError(f"DYMN_EDGE_FUSED_BUILD={forced!r}; expected avx2 or generic")
-    if forced == "avx2" and not _cpu_has_avx2_fma():
-        raise BackendUnavailableError("DYMN_EDGE_FUSED_BUILD=avx2, but this CPU lacks AVX2 or FMA")
-    candidates = [forced] if forced else (["avx2"] if _cpu_has_avx2_fma() else []) + ["generic"]
+    if forced not in (None, "", *BUILDS):
+        raise BackendUnavailableError(f"DYMN_EDGE_FUSED_BUILD={forced!r}; expected one of {', '.join(BUILDS)}")
+    if forced and not BUILDS[forced]():
+        raise BackendUnavailableError(f"DYMN_EDGE_FUSED_BUILD={forced}, but this CPU lacks {_NEEDS[forced]}")
+    candidates = [forced] if forced else runnable_builds()
     for variant in candidates:
-        module = "dymn_edge.runtime._fused_dymn" + ("_avx2" if variant == "avx2" else "")
+        module = "dymn_edge.runtime._fused_dymn" + ("" if variant == "generic" else f"_{variant}")
         spec = importlib.util.find_spec(module)
         if spec is not None and spec.origin:
             return variant, Path(spec.origin)

@@ -36,6 +36,14 @@ typedef float v8 __attribute__((vector_size(32)));
 static inline v8 ld(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void st(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
+#ifdef __AVX512F__
+#include <immintrin.h>
+typedef float v16 __attribute__((vector_size(64)));
+static inline v16 ld16(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline v16 splat16(float x) { return (v16)_mm512_set1_ps(x); }
+static inline v8 lo8(v16 v) { return (v8)_mm512_castps512_ps256((__m512)v); }
+static inline v8 hi8(v16 v) { return (v8)_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1)); }
+#endif
 typedef int v8i __attribute__((vector_size(32)));
 static inline v8 vselect(v8i m, v8 a, v8 b) { return (v8)(((v8i)a & m) | ((v8i)b & ~m)); }
 #ifdef __AVX__
@@ -43,7 +51,11 @@ static inline v8 vselect(v8i m, v8 a, v8 b) { return (v8)(((v8i)a & m) | ((v8i)b
    generic select below to a compare and a blend, two instructions where these take one. */
 static inline v8 vmax(v8 a, v8 b) { return __builtin_ia32_maxps256(a, b); }
 static inline v8 vmin(v8 a, v8 b) { return __builtin_ia32_minps256(a, b); }
+/* a * b rounded on its own: GCC may fuse a plain a * b + c into one FMA, and did so in the AVX-512
+   build's GEMM epilogue but not in the AVX2 one, so the two builds' logits differed by ~4e-6. */
+static inline v8 vmul(v8 a, v8 b) { return __builtin_ia32_mulps256(a, b); }
 #else
+static inline v8 vmul(v8 a, v8 b) { return a * b; } /* no FMA to fuse into */
 static inline v8 vmax(v8 a, v8 b) { return vselect(a > b, a, b); }
 static inline v8 vmin(v8 a, v8 b) { return vselect(a < b, a, b); }
 #endif
@@ -159,12 +171,82 @@ static inline v8 hswish_in_tile(v8 v) {
     return v * vmin(vmax(v + three, splat(0.f)), six) * sixth;
 }
 
+/* The epilogue of one tile: acc[r][v] is row r, output channels co + 8v .. co + 8v + 7. */
+static inline __attribute__((always_inline)) void tile_epilogue(
+    v8 (*acc)[5], int cout, int co, float *out, int R, int NV, const Epi *e, Mode m, int f, int t0, const float *res) {
+    /* Locals, not e->...: st() is a memcpy, which may alias anything, so fields read through e
+       would be reloaded after every store. */
+    const float *scale = e->scale, *shift = e->shift;
+    float *pool_f = e->pool_f, *pool_t = e->pool_t;
+#pragma GCC unroll 5
+    for (int v = 0; v < NV; v++) {
+        int c = co + v * VL;
+        v8 sc = m.scale ? ld(scale + c) : splat(1.f), sh = ld(shift + c);
+        v8 sum_f = m.pool ? ld(pool_f + f * cout + c) : splat(0.f), pair = splat(0.f);
+#pragma GCC unroll 12
+        for (int r = 0; r < R; r++) {
+            /* acc * 1 + shift rather than acc + shift: the same speed, and the rounding of the code
+               before this epilogue was specialised. Compiled as acc + shift, the seeded dymn04's
+               real-audio row moved from 9.2e-5 to 1.1e-4 off EfficientAT, over the 1e-4 allowed. */
+            v8 y = m.scale ? vmul(acc[r][v], sc) + sh : acc[r][v] * sc + sh;
+            y = m.act == ACT_HSWISH ? hswish_in_tile(y) : activate(y, m.act);
+            if (m.res) y += ld(res + r * cout + c);
+            st(out + r * cout + c, y);
+            if (m.pool) {
+                if (r % 2 == 0) pair = y;
+                else sum_f += pair + y;
+                float *pt = pool_t + (t0 + r) * cout + c;
+                st(pt, ld(pt) + y);
+            }
+        }
+        if (m.pool && R % 2) sum_f += pair;
+        /* One store of the frequency sum per tile: per row, its load-add-store chain stalled the GEMM.
+           It adds the rows in pairs (t, t + 1), t even, in order, whatever the tile's height (tiles
+           start at even t): every build then sums alike, and the AVX2 and AVX-512 builds give the
+           same logits, bit for bit. */
+        if (m.pool) st(pool_f + f * cout + c, sum_f);
+    }
+}
+
+#ifdef __AVX512F__
+/* One tile with AVX-512: R rows x (W vectors of 16 + E vectors of 8) output channels. 512-bit FMAs
+   do twice the work of AVX2's per instruction, and the 32 registers hold R * (W + E) <= 24
+   accumulators. The epilogue runs on the 8-float halves, as the AVX2 tile's does. */
+static inline __attribute__((always_inline)) void tile(
+    const float *in, int cin, const float *wb, int ldw, int cout, int co, float *out, int R, int W, int E,
+    const Epi *e, Mode m, int f, int t0, const float *res) {
+    v16 a16[12][2];
+    v8 a8[12];
+    for (int r = 0; r < R; r++) {
+        for (int w = 0; w < W; w++) a16[r][w] = splat16(0.f);
+        if (E) a8[r] = splat(0.f);
+    }
+    for (int ci = 0; ci < cin; ci++) {
+        const float *wr = wb + (size_t)ci * ldw;
+        v16 w16[2];
+        v8 w8 = splat(0.f);
+        for (int w = 0; w < W; w++) w16[w] = ld16(wr + w * 16);
+        if (E) w8 = ld(wr + W * 16);
+        for (int r = 0; r < R; r++) {
+            float x = in[r * cin + ci];
+            for (int w = 0; w < W; w++) a16[r][w] += splat16(x) * w16[w];
+            if (E) a8[r] += splat(x) * w8;
+        }
+    }
+    v8 acc[12][5];
+    for (int r = 0; r < R; r++) {
+        for (int w = 0; w < W; w++) acc[r][2 * w] = lo8(a16[r][w]), acc[r][2 * w + 1] = hi8(a16[r][w]);
+        if (E) acc[r][2 * W] = a8[r];
+    }
+    tile_epilogue(acc, cout, co, out, R, 2 * W + E, e, m, f, t0, res);
+}
+#else
 /* One tile: R rows (positions) x NV vectors of 8 output channels, accumulated in registers.
    R * NV <= 12 keeps accumulators, weights and the broadcast input within AVX2's 16 registers. */
 static inline __attribute__((always_inline)) void tile(
     const float *in, int cin, const float *wb, int ldw, int cout, int co, float *out, int R, int NV,
     const Epi *e, Mode m, int f, int t0, const float *res) {
-    v8 acc[12][3];
+    v8 acc[12][5];
     for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = splat(0.f);
     for (int ci = 0; ci < cin; ci++) {
         v8 wv[3];
@@ -174,55 +256,69 @@ static inline __attribute__((always_inline)) void tile(
             for (int v = 0; v < NV; v++) acc[r][v] += x * wv[v];
         }
     }
-    /* Locals, not e->...: st() is a memcpy, which may alias anything, so fields read through e
-       would be reloaded after every store. */
-    const float *scale = e->scale, *shift = e->shift;
-    float *pool_f = e->pool_f, *pool_t = e->pool_t;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) {
-        int c = co + v * VL;
-        v8 sc = m.scale ? ld(scale + c) : splat(1.f), sh = ld(shift + c);
-        v8 row_sum = splat(0.f);
-#pragma GCC unroll 12
-        for (int r = 0; r < R; r++) {
-            /* acc * 1 + shift rather than acc + shift: the same speed, and the rounding of the code
-               before this epilogue was specialised. Compiled as acc + shift, the seeded dymn04's
-               real-audio row moved from 9.2e-5 to 1.1e-4 off EfficientAT, over the 1e-4 allowed. */
-            v8 y = acc[r][v] * sc + sh;
-            y = m.act == ACT_HSWISH ? hswish_in_tile(y) : activate(y, m.act);
-            if (m.res) y += ld(res + r * cout + c);
-            st(out + r * cout + c, y);
-            if (m.pool) {
-                row_sum += y;
-                float *pt = pool_t + (t0 + r) * cout + c;
-                st(pt, ld(pt) + y);
-            }
-        }
-        /* One update of the frequency sum per tile: per row, its load-add-store chain stalled the GEMM. */
-        if (m.pool) st(pool_f + f * cout + c, ld(pool_f + f * cout + c) + row_sum);
+    tile_epilogue(acc, cout, co, out, R, NV, e, m, f, t0, res);
+}
+#endif
+
+#ifdef __AVX512F__
+/* Width in floats of the GEMM's column group starting at co: 32, with 8, 24 or 40 (two or three
+   vectors of 16 plus one of 8) where cout is an odd number of 8s, and 16 at the end. */
+static inline int panel_width(int cout, int co) {
+    int n = cout - co;
+    return n % 16 == 8 && n <= 40 ? n : n >= 32 ? 32 : 16;
+}
+#define TILE(R, W, E) tile(a, cin, wb, ldw, cout, co, o, R, W, E, e, m, f, t, rs)
+#define CASE(R, W, E) case R: TILE(R, W, E); break;
+#define ROWS_UP_TO_8(W, E) CASE(8, W, E) CASE(7, W, E) CASE(6, W, E) CASE(5, W, E) CASE(4, W, E) CASE(3, W, E) CASE(2, W, E)
+#define ROWS_UP_TO_12(W, E) CASE(12, W, E) CASE(11, W, E) CASE(10, W, E) CASE(9, W, E) ROWS_UP_TO_8(W, E)
+static inline int panel_rows(int width) { return width == 40 ? 8 : 12; }
+static inline __attribute__((always_inline)) void panel_tile(const float *a, int cin, const float *wb, int ldw, int cout, int co,
+                                                              float *o, int width, int rows, const Epi *e, Mode m, int f, int t,
+                                                              const float *rs) {
+    switch (width) {
+    case 32: switch (rows) { ROWS_UP_TO_12(2, 0) default: TILE(1, 2, 0); } break;
+    case 40: switch (rows) { ROWS_UP_TO_8(2, 1) default: TILE(1, 2, 1); } break;
+    case 24: switch (rows) { ROWS_UP_TO_12(1, 1) default: TILE(1, 1, 1); } break;
+    case 16: switch (rows) { ROWS_UP_TO_12(1, 0) default: TILE(1, 1, 0); } break;
+    default: switch (rows) { ROWS_UP_TO_12(0, 1) default: TILE(1, 0, 1); }
     }
 }
-
+#else
+/* Width in floats of the GEMM's column group starting at co: 24, 16 or 8 (3, 2 or 1 vectors). */
+static inline int panel_width(int cout, int co) {
+    int n = cout - co;
+    return (n >= 24 && n % 16 != 0 ? 3 : n >= 16 ? 2 : 1) * VL;
+}
 #define TILE(R, NV) tile(a, cin, wb, ldw, cout, co, o, R, NV, e, m, f, t, rs)
 #define CASE(R, NV) case R: TILE(R, NV); break;
-
-/* How many vectors of 8 output channels the GEMM's column group starting at co takes: 3, 2 or 1. */
-static inline int panel_vectors(int cout, int co) {
-    return cout - co >= 24 && (cout - co) % 16 != 0 ? 3 : cout - co >= 16 ? 2 : 1;
+static inline int panel_rows(int width) { return width == 24 ? 4 : width == 16 ? 6 : 12; }
+static inline __attribute__((always_inline)) void panel_tile(const float *a, int cin, const float *wb, int ldw, int cout, int co,
+                                                              float *o, int width, int rows, const Epi *e, Mode m, int f, int t,
+                                                              const float *rs) {
+    if (width == 24) {
+        switch (rows) { CASE(4, 3) CASE(3, 3) CASE(2, 3) default: TILE(1, 3); }
+    } else if (width == 16) {
+        switch (rows) { CASE(6, 2) CASE(5, 2) CASE(4, 2) CASE(3, 2) CASE(2, 2) default: TILE(1, 2); }
+    } else {
+        switch (rows) {
+            CASE(12, 1) CASE(11, 1) CASE(10, 1) CASE(9, 1) CASE(8, 1) CASE(7, 1)
+            CASE(6, 1) CASE(5, 1) CASE(4, 1) CASE(3, 1) CASE(2, 1) default: TILE(1, 1);
+        }
+    }
 }
+#endif
 
 /* out[f][t][:] = epilogue(in[f][t][:] @ w), cout a multiple of 8. w is (cin, cout) row-major, or,
-   when packed, one panel per column group: the group at co is (cin, 8 * panel_vectors) row-major
-   at w + co * cin (aggregate_packed writes that). Rows of f are in_stride / out_stride floats
-   apart. Columns go in groups of 8, 16 or 24 with 12, 6 or 4 rows per tile. */
+   when packed, one panel per column group: the group at co is (cin, panel_width) row-major at
+   w + co * cin (aggregate_packed writes that). Rows of f are in_stride / out_stride floats apart.
+   Column groups and rows per tile follow the registers: panel_width and panel_rows. */
 static inline __attribute__((always_inline)) void gemm_mode(const float *in, int nf, int nt, int in_stride, int cin,
                                                             const float *w, int packed, int cout, float *out, int out_stride,
                                                             const Epi *e, Mode m) {
     for (int co = 0; co < cout;) {
-        int nv = panel_vectors(cout, co);
-        int mr = nv == 1 ? 12 : nv == 2 ? 6 : 4;
+        int width = panel_width(cout, co), mr = panel_rows(width);
         const float *wb = packed ? w + (size_t)co * cin : w + co;
-        int ldw = packed ? nv * VL : cout;
+        int ldw = packed ? width : cout;
         for (int f = 0; f < nf; f++) {
             for (int t = 0; t < nt; t += mr) {
                 int rows = nt - t < mr ? nt - t : mr;
@@ -230,19 +326,10 @@ static inline __attribute__((always_inline)) void gemm_mode(const float *in, int
                 float *o = out + (size_t)f * out_stride + (size_t)t * cout;
                 const float *rs = m.res ? e->res + (size_t)f * e->res_stride + (size_t)t * cout : NULL;
                 if (e->prefetch) prefetch_tick(e->prefetch);
-                if (nv == 3) {
-                    switch (rows) { CASE(4, 3) CASE(3, 3) CASE(2, 3) default: TILE(1, 3); }
-                } else if (nv == 2) {
-                    switch (rows) { CASE(6, 2) CASE(5, 2) CASE(4, 2) CASE(3, 2) CASE(2, 2) default: TILE(1, 2); }
-                } else {
-                    switch (rows) {
-                        CASE(12, 1) CASE(11, 1) CASE(10, 1) CASE(9, 1) CASE(8, 1) CASE(7, 1)
-                        CASE(6, 1) CASE(5, 1) CASE(4, 1) CASE(3, 1) CASE(2, 1) default: TILE(1, 1);
-                    }
-                }
+                panel_tile(a, cin, wb, ldw, cout, co, o, width, rows, e, m, f, t, rs);
             }
         }
-        co += nv * VL;
+        co += width;
     }
 }
 
@@ -413,7 +500,7 @@ PHASE static void aggregate_packed(const float *bank, const float *a, int K, int
                                    size_t stride, const float *scale, float *dst) {
     for (int r = lo; r < hi; r++) {
         for (int co = 0; co < cout;) {
-            int width = panel_vectors(cout, co) * VL;
+            int width = panel_width(cout, co);
             float *out = dst + (size_t)co * rows + (size_t)r * width;
             for (int c = 0; c < width; c += VL)
                 st(out + c, bank_sum(bank, a, K, stride, (size_t)r * cout + co + c) * ld(scale + co + c));

@@ -29,12 +29,12 @@ from bundle_copies import without_fused_weights
 from seeded_models import seeded_reference_model
 
 ATOL = 1e-4
-BUILDS = ["avx2", "generic"] if fused_module._cpu_has_avx2_fma() else ["generic"]
+BUILDS = fused_module.runnable_builds()
 
 
 @pytest.fixture(params=BUILDS)
 def build(request, monkeypatch):
-    """Each compiled variant in turn (the AVX2 build only where the CPU runs it)."""
+    """Each compiled variant in turn (AVX2 and AVX-512 only where the CPU runs them)."""
     monkeypatch.setenv("DYMN_EDGE_FUSED_BUILD", request.param)
     monkeypatch.setattr(fused_module, "_LIBRARY", None)
     assert library_variant()[0] == request.param
@@ -49,7 +49,7 @@ def _torch_logits(model, x: np.ndarray) -> np.ndarray:
 
 def test_the_library_was_built_for_this_cpu():
     variant, path = library_variant()
-    assert path.is_file() and variant == ("avx2" if fused_module._cpu_has_avx2_fma() else "generic")
+    assert path.is_file() and variant == fused_module.runnable_builds()[0]
 
 
 def test_seeded_dymn04_fixture_matches_efficientat(build, fixtures_dir, tmp_path):
@@ -220,8 +220,12 @@ def test_missing_library_and_bad_build_choice(monkeypatch):
     monkeypatch.setattr(fused_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendUnavailableError, match="fused backend's C library was not built .*needs a C compiler"):
         library_variant()
+    monkeypatch.setenv("DYMN_EDGE_FUSED_BUILD", "avx1024")
+    with pytest.raises(BackendUnavailableError, match="DYMN_EDGE_FUSED_BUILD='avx1024'; expected one of avx512, avx2, generic"):
+        library_variant()
     monkeypatch.setenv("DYMN_EDGE_FUSED_BUILD", "avx512")
-    with pytest.raises(BackendUnavailableError, match="DYMN_EDGE_FUSED_BUILD='avx512'; expected avx2 or generic"):
+    monkeypatch.setitem(fused_module.BUILDS, "avx512", lambda: False)  # a CPU without AVX-512
+    with pytest.raises(BackendUnavailableError, match="DYMN_EDGE_FUSED_BUILD=avx512, but this CPU lacks AVX-512F"):
         library_variant()
 
 
@@ -283,6 +287,29 @@ def test_the_same_logits_whichever_thread_runs_which_chunk():
         first = backend.infer(x)
         for _ in range(40):
             np.testing.assert_array_equal(backend.infer(x), first)
+
+
+@pytest.mark.skipif("avx512" not in fused_module.runnable_builds(), reason="this CPU lacks AVX-512F: one x86 build only")
+def test_the_avx2_and_avx512_builds_give_the_same_logits_bit_for_bit(monkeypatch):
+    """The AVX-512 build tiles its GEMMs differently (16-float vectors, other tile heights), but each
+    output is the same chain of FMAs, the frequency sums add rows in pairs whatever the tile, and
+    the epilogue's BN scale is rounded on its own in both. So a model gives one answer on x86 with
+    FMA, whichever build the CPU picks; windows of 10 s and 6.3 s (odd tile remainders)."""
+    x = log_mel(load_audio(demo_clip_path()))[None, None].astype(np.float32)
+    for name in ("dymn04_edge", "mn04_as"):
+        bundle = load_bundle(embedded_bundle_path(name))
+        logits = {}
+        for variant in ("avx2", "avx512"):
+            monkeypatch.setenv("DYMN_EDGE_FUSED_BUILD", variant)
+            monkeypatch.setattr(fused_module, "_LIBRARY", None)
+            for threads in (1, 2):
+                backend = create_backend("fused", bundle, threads=threads)
+                logits[variant, threads] = [backend.infer(x), backend.infer(x[..., :630])]
+        monkeypatch.setattr(fused_module, "_LIBRARY", None)
+        for threads in (1, 2):
+            for a, b in zip(logits["avx2", threads], logits["avx512", threads]):
+                assert np.abs(a).max() > 1.0  # real logits, not zeros
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}, {threads} threads")
 
 
 def test_weights_and_workspace_start_on_cache_lines():

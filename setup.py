@@ -53,10 +53,11 @@ extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("te
 # an AVX-512 one (512-bit GEMM tiles) that runtime/backends/fused.py picks by the CPU's features. Optional: without a C compiler the
 # install still succeeds and only --backend fused is unavailable.
 FUSED_SOURCES = ["runtime/csrc/fused_dymn.c"]
+FUSED_HEADERS = ["runtime/csrc/fused_dw.h"]  # included by fused_dymn.c: a change rebuilds the libraries
 
 
 def _fused(name: str, flags: list[str]) -> Extension:
-    return Extension(f"dymn_edge.runtime.{name}", FUSED_SOURCES, define_macros=[("DYMN_PYMODULE", name)],
+    return Extension(f"dymn_edge.runtime.{name}", FUSED_SOURCES, depends=FUSED_HEADERS, define_macros=[("DYMN_PYMODULE", name)],
                      extra_compile_args=["-O3", "-fno-wrapv", "-pthread", *flags], extra_link_args=["-pthread"], libraries=["m"], optional=True)
 
 

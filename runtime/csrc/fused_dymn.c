@@ -523,58 +523,60 @@ PHASE static void avgpool3(const float *in, int n, int H, int stride, float *out
     }
 }
 
-/* Bias plus the k x k taps of output `to`, channel group c: the last few columns of every row. */
-static inline v8 dw_one(const float *const *in_rows, const float *w, const float *bias, int C, int to, int c, int KS, int S, int d) {
-    v8 acc = ld(bias + c);
-    for (int i = 0; i < KS; i++)
-        for (int j = 0; j < KS; j++) acc += ld(in_rows[i] + ((size_t)to * S + (size_t)j * d) * C + c) * ld(w + (i * KS + j) * C + c);
-    return acc;
+/* The depthwise convolution's channel groups (fused_dw.h), for 8-float vectors and, in the AVX-512
+   build, for 16-float ones. */
+#define DV v8
+#define DV_LD ld
+#define DV_ST st
+#define DV_MAX vmax
+#define DV_ACT activate
+#define DV_NAME(n) n##_v8
+#include "fused_dw.h"
+#undef DV
+#undef DV_LD
+#undef DV_ST
+#undef DV_MAX
+#undef DV_ACT
+#undef DV_NAME
+#ifdef __AVX512F__
+static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline v16 vmax16(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline v16 vmin16(v16 a, v16 b) { return (v16)_mm512_min_ps((__m512)a, (__m512)b); }
+static inline v16 activate16(v16 v, int act) { /* activate(), the same operations in the same order */
+    if (act == ACT_RELU) return vmax16(v, splat16(0.f));
+    if (act == ACT_HSWISH) return v * vmin16(vmax16(v + splat16(3.f), splat16(0.f)), splat16(6.f)) * splat16(1.f / 6.f);
+    return v;
 }
+#define DV v16
+#define DV_LD ld16
+#define DV_ST st16
+#define DV_MAX vmax16
+#define DV_ACT activate16
+#define DV_NAME(n) n##_v16
+#include "fused_dw.h"
+#undef DV
+#undef DV_LD
+#undef DV_ST
+#undef DV_MAX
+#undef DV_ACT
+#undef DV_NAME
+/* Channel groups of 16 while they fit, then of 8: GROUPS(f, args) calls f_v16 or f_v8 per group c. */
+#define GROUPS(f, ...) do { \
+        int c = 0; \
+        for (; c + 16 <= C; c += 16) f##_v16(__VA_ARGS__); \
+        for (; c < C; c += VL) f##_v8(__VA_ARGS__); \
+    } while (0)
+#else
+#define GROUPS(f, ...) do { for (int c = 0; c < C; c += VL) f##_v8(__VA_ARGS__); } while (0)
+#endif
 
-/* Outputs [to, To) of a DyMN depthwise row one at a time. */
-static void depthwise_tail(const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
-                           const float *gf_row, const float *gate_t, float *o, int to, int KS, int S) {
-    int C = b->cexp;
-    for (; to < b->To; to++) {
-        for (int c = 0; c < C; c += VL) {
-            v8 acc = dw_one(in_rows, w, bias, C, to, c, KS, S, b->dil);
-            v8 y = vmax(acc * ld(coef + c) + ld(coef + 2 * C + c), acc * ld(coef + C + c) + ld(coef + 3 * C + c));
-            st(o + (size_t)to * C + c, y * ld(gf_row + c) * ld(gate_t + to * C + c));
-        }
-    }
-}
-
-/* Bias plus the k x k taps of four neighbouring outputs (to .. to+3) of channel group c.
-   Four outputs at a time, every channel group before the next four: the input rows are read from
-   L2 once, and the k*k weights of a group come from L1. With REUSE (stride 1, no dilation) the four
-   outputs share KS + 3 input columns, each loaded once per kernel row and used by every tap that
-   reads it (3.5 % on dymn04_edge: the loop goes from load-bound to FMA-bound). KS, S and REUSE are
-   constants at each call site, so the tap loops unroll. */
-static inline __attribute__((always_inline)) void dw_four(const float *const *in_rows, const float *w, v8 bi, int C, int to, int c,
-                                                         int KS, int S, int d, int REUSE, v8 acc[4]) {
-    ptrdiff_t SC = (ptrdiff_t)S * C, dC = (ptrdiff_t)d * C;
-    for (int q = 0; q < 4; q++) acc[q] = bi;
-    if (REUSE) {
-        for (int i = 0; i < KS; i++) {
-            const float *row = in_rows[i] + (size_t)to * C + c;
-            v8 col[8];
-            for (int m = 0; m < KS + 3; m++) col[m] = ld(row + (size_t)m * C);
-            for (int j = 0; j < KS; j++) {
-                v8 wij = ld(w + (i * KS + j) * C + c);
-                for (int q = 0; q < 4; q++) acc[q] += col[q + j] * wij;
-            }
-        }
-        return;
-    }
-    const float *wp = w + c;
-    for (int i = 0; i < KS; i++) {
-        /* Pointers stepped tap by tap: with all k*k offsets precomputed, GCC spilled them to the stack. */
-        const float *tap = in_rows[i] + (size_t)to * SC + c;
-        for (int j = 0; j < KS; j++, tap += dC, wp += C) {
-            v8 wij = ld(wp);
-            for (int q = 0; q < 4; q++) acc[q] += ld(tap + q * SC) * wij;
-        }
-    }
+/* Outputs [to, To) of a DyMN depthwise row one at a time. Out of line: inlined into each of
+   depthwise_row's unrolled copies, it made dymn04_edge 1.4 % slower (AVX2 build, A/B). */
+__attribute__((noinline)) static void depthwise_tail(const Block *b, const float *const *in_rows, const float *w, const float *bias,
+                                                     const float *coef, const float *gf_row, const float *gate_t, float *o, int to,
+                                                     int KS, int S) {
+    int C = b->cexp, d = b->dil;
+    for (; to < b->To; to++) GROUPS(dw_group_one, in_rows, w, bias, coef, gf_row, gate_t, o, C, to, c, KS, S, d);
 }
 
 /* One output row of the depthwise k x k convolution with the block's Dy-ReLU (max of two
@@ -583,20 +585,9 @@ static inline __attribute__((always_inline)) void dw_four(const float *const *in
 static inline __attribute__((always_inline)) void depthwise_row(
     const Block *b, const float *const *in_rows, const float *w, const float *bias, const float *coef,
     const float *gate_f, const float *gate_t, float *o, int fo, int KS, int S, int REUSE) {
-    int C = b->cexp, to = 0;
+    int C = b->cexp, d = b->dil, to = 0;
     const float *gf_row = gate_f + (size_t)fo * C;
-    for (; to + 4 <= b->To; to += 4) {
-        for (int c = 0; c < C; c += VL) {
-            v8 acc[4];
-            dw_four(in_rows, w, ld(bias + c), C, to, c, KS, S, b->dil, REUSE, acc);
-            v8 a1 = ld(coef + c), a2 = ld(coef + C + c), b1 = ld(coef + 2 * C + c), b2 = ld(coef + 3 * C + c);
-            v8 gf = ld(gf_row + c);
-            for (int q = 0; q < 4; q++) {
-                v8 y = vmax(acc[q] * a1 + b1, acc[q] * a2 + b2);
-                st(o + (size_t)(to + q) * C + c, y * gf * ld(gate_t + (to + q) * C + c));
-            }
-        }
-    }
+    for (; to + 4 <= b->To; to += 4) GROUPS(dw_group_four, in_rows, w, bias, coef, gf_row, gate_t, o, C, to, c, KS, S, d, REUSE);
     if (to < b->To) depthwise_tail(b, in_rows, w, bias, coef, gf_row, gate_t, o, to, KS, S);
 }
 
@@ -617,15 +608,8 @@ static inline __attribute__((always_inline)) void depthwise_row_mn(
     const Block *b, const float *const *in_rows, const float *w, float *o, int KS, int S, int REUSE, int act) {
     int C = b->cexp, d = b->dil, to = 0;
     const float *bias = b->dw_shift;
-    for (; to + 4 <= b->To; to += 4) {
-        for (int c = 0; c < C; c += VL) {
-            v8 acc[4];
-            dw_four(in_rows, w, ld(bias + c), C, to, c, KS, S, d, REUSE, acc);
-            for (int q = 0; q < 4; q++) st(o + (size_t)(to + q) * C + c, activate(acc[q], act));
-        }
-    }
-    for (; to < b->To; to++)
-        for (int c = 0; c < C; c += VL) st(o + (size_t)to * C + c, activate(dw_one(in_rows, w, bias, C, to, c, KS, S, d), act));
+    for (; to + 4 <= b->To; to += 4) GROUPS(dw_group_four_mn, in_rows, w, bias, o, C, to, c, KS, S, d, REUSE, act);
+    for (; to < b->To; to++) GROUPS(dw_group_one_mn, in_rows, w, bias, o, C, to, c, KS, S, d, act);
 }
 
 #define DW_MN(KS, S, REUSE) do { \

@@ -53,7 +53,7 @@ extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("te
 # an AVX-512 one (512-bit GEMM tiles) that runtime/backends/fused.py picks by the CPU's features. Optional: without a C compiler the
 # install still succeeds and only --backend fused is unavailable.
 FUSED_SOURCES = ["runtime/csrc/fused_dymn.c"]
-FUSED_HEADERS = ["runtime/csrc/fused_dw.h"]  # included by fused_dymn.c: a change rebuilds the libraries
+FUSED_HEADERS = ["runtime/csrc/fused_width.h"]  # included by fused_dymn.c: a change rebuilds the libraries
 
 
 def _fused(name: str, flags: list[str]) -> Extension:

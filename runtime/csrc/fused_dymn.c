@@ -41,8 +41,6 @@ static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 typedef float v16 __attribute__((vector_size(64)));
 static inline v16 ld16(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 static inline v16 splat16(float x) { return (v16)_mm512_set1_ps(x); }
-static inline v8 lo8(v16 v) { return (v8)_mm512_castps512_ps256((__m512)v); }
-static inline v8 hi8(v16 v) { return (v8)_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1)); }
 #endif
 typedef int v8i __attribute__((vector_size(32)));
 static inline v8 vselect(v8i m, v8 a, v8 b) { return (v8)(((v8i)a & m) | ((v8i)b & ~m)); }
@@ -55,7 +53,7 @@ static inline v8 vmin(v8 a, v8 b) { return __builtin_ia32_minps256(a, b); }
    build's GEMM epilogue but not in the AVX2 one, so the two builds' logits differed by ~4e-6. */
 static inline v8 vmul(v8 a, v8 b) { return __builtin_ia32_mulps256(a, b); }
 #else
-static inline v8 vmul(v8 a, v8 b) { return a * b; } /* no FMA to fuse into */
+static inline v8 vmul(v8 a, v8 b) { return a * b; } /* x86 generic: no FMA to fuse into (aarch64 may fuse) */
 static inline v8 vmax(v8 a, v8 b) { return vselect(a > b, a, b); }
 static inline v8 vmin(v8 a, v8 b) { return vselect(a < b, a, b); }
 #endif
@@ -171,47 +169,76 @@ static inline v8 hswish_in_tile(v8 v) {
     return v * vmin(vmax(v + three, splat(0.f)), six) * sixth;
 }
 
-/* The epilogue of one tile: acc[r][v] is row r, output channels co + 8v .. co + 8v + 7. */
-static inline __attribute__((always_inline)) void tile_epilogue(
-    v8 (*acc)[5], int cout, int co, float *out, int R, int NV, const Epi *e, Mode m, int f, int t0, const float *res) {
-    /* Locals, not e->...: st() is a memcpy, which may alias anything, so fields read through e
-       would be reloaded after every store. */
-    const float *scale = e->scale, *shift = e->shift;
-    float *pool_f = e->pool_f, *pool_t = e->pool_t;
-#pragma GCC unroll 5
-    for (int v = 0; v < NV; v++) {
-        int c = co + v * VL;
-        v8 sc = m.scale ? ld(scale + c) : splat(1.f), sh = ld(shift + c);
-        v8 sum_f = m.pool ? ld(pool_f + f * cout + c) : splat(0.f), pair = splat(0.f);
-#pragma GCC unroll 12
-        for (int r = 0; r < R; r++) {
-            /* acc * 1 + shift rather than acc + shift: the same speed, and the rounding of the code
-               before this epilogue was specialised. Compiled as acc + shift, the seeded dymn04's
-               real-audio row moved from 9.2e-5 to 1.1e-4 off EfficientAT, over the 1e-4 allowed. */
-            v8 y = m.scale ? vmul(acc[r][v], sc) + sh : acc[r][v] * sc + sh;
-            y = m.act == ACT_HSWISH ? hswish_in_tile(y) : activate(y, m.act);
-            if (m.res) y += ld(res + r * cout + c);
-            st(out + r * cout + c, y);
-            if (m.pool) {
-                if (r % 2 == 0) pair = y;
-                else sum_f += pair + y;
-                float *pt = pool_t + (t0 + r) * cout + c;
-                st(pt, ld(pt) + y);
-            }
-        }
-        if (m.pool && R % 2) sum_f += pair;
-        /* One store of the frequency sum per tile: per row, its load-add-store chain stalled the GEMM.
-           It adds the rows in pairs (t, t + 1), t even, in order, whatever the tile's height (tiles
-           start at even t): every build then sums alike, and the AVX2 and AVX-512 builds give the
-           same logits, bit for bit. */
-        if (m.pool) st(pool_f + f * cout + c, sum_f);
-    }
+/* The tile epilogue's columns and the depthwise convolution's channel groups (fused_width.h), for
+   8-float vectors and, in the AVX-512 build, for 16-float ones. */
+#define DV v8
+#define DV_LD ld
+#define DV_ST st
+#define DV_MAX vmax
+#define DV_ACT activate
+#define DV_NAME(n) n##_v8
+#define DV_SPLAT splat
+#define DV_MUL vmul
+#define DV_HSWISH_TILE hswish_in_tile
+#include "fused_width.h"
+#undef DV
+#undef DV_LD
+#undef DV_ST
+#undef DV_MAX
+#undef DV_ACT
+#undef DV_NAME
+#undef DV_SPLAT
+#undef DV_MUL
+#undef DV_HSWISH_TILE
+#ifdef __AVX512F__
+static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline v16 vmax16(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline v16 vmin16(v16 a, v16 b) { return (v16)_mm512_min_ps((__m512)a, (__m512)b); }
+/* As vmul. Not _mm512_mul_ps: GCC writes that as a plain a * b, which it may fuse into an FMA. */
+static inline v16 vmul16(v16 a, v16 b) { return (v16)_mm512_mul_round_ps((__m512)a, (__m512)b, _MM_FROUND_CUR_DIRECTION); }
+static inline v16 hswish16_in_tile(v16 v) { /* hswish_in_tile */
+    v16 three = splat16(*(const volatile float *)&HS_THREE), six = splat16(*(const volatile float *)&HS_SIX);
+    v16 sixth = splat16(*(const volatile float *)&HS_SIXTH);
+    return v * vmin16(vmax16(v + three, splat16(0.f)), six) * sixth;
 }
+static inline v16 activate16(v16 v, int act) { /* activate(), the same operations in the same order */
+    if (act == ACT_RELU) return vmax16(v, splat16(0.f));
+    if (act == ACT_HSWISH) return v * vmin16(vmax16(v + splat16(3.f), splat16(0.f)), splat16(6.f)) * splat16(1.f / 6.f);
+    return v;
+}
+#define DV v16
+#define DV_LD ld16
+#define DV_ST st16
+#define DV_MAX vmax16
+#define DV_ACT activate16
+#define DV_NAME(n) n##_v16
+#define DV_SPLAT splat16
+#define DV_MUL vmul16
+#define DV_HSWISH_TILE hswish16_in_tile
+#include "fused_width.h"
+#undef DV
+#undef DV_LD
+#undef DV_ST
+#undef DV_MAX
+#undef DV_ACT
+#undef DV_NAME
+#undef DV_SPLAT
+#undef DV_MUL
+#undef DV_HSWISH_TILE
+/* Channel groups of 16 while they fit, then of 8: GROUPS(f, args) calls f_v16 or f_v8 per group c. */
+#define GROUPS(f, ...) do { \
+        int c = 0; \
+        for (; c + 16 <= C; c += 16) f##_v16(__VA_ARGS__); \
+        for (; c < C; c += VL) f##_v8(__VA_ARGS__); \
+    } while (0)
+#else
+#define GROUPS(f, ...) do { for (int c = 0; c < C; c += VL) f##_v8(__VA_ARGS__); } while (0)
+#endif
 
 #ifdef __AVX512F__
 /* One tile with AVX-512: R rows x (W vectors of 16 + E vectors of 8) output channels. 512-bit FMAs
    do twice the work of AVX2's per instruction, and the 32 registers hold R * (W + E) <= 24
-   accumulators. The epilogue runs on the 8-float halves, as the AVX2 tile's does. */
+   accumulators. The epilogue, too, runs on 16-float vectors. */
 static inline __attribute__((always_inline)) void tile(
     const float *in, int cin, const float *wb, int ldw, int cout, int co, float *out, int R, int W, int E,
     const Epi *e, Mode m, int f, int t0, const float *res) {
@@ -233,12 +260,12 @@ static inline __attribute__((always_inline)) void tile(
             if (E) a8[r] += splat(x) * w8;
         }
     }
-    v8 acc[12][5];
-    for (int r = 0; r < R; r++) {
-        for (int w = 0; w < W; w++) acc[r][2 * w] = lo8(a16[r][w]), acc[r][2 * w + 1] = hi8(a16[r][w]);
-        if (E) acc[r][2 * W] = a8[r];
+    for (int w = 0; w < W; w++) {
+        v16 col[12];
+        for (int r = 0; r < R; r++) col[r] = a16[r][w];
+        epilogue_column_v16(col, R, cout, co + 16 * w, out, e, m, f, t0, res);
     }
-    tile_epilogue(acc, cout, co, out, R, 2 * W + E, e, m, f, t0, res);
+    if (E) epilogue_column_v8(a8, R, cout, co + 16 * W, out, e, m, f, t0, res);
 }
 #else
 /* One tile: R rows (positions) x NV vectors of 8 output channels, accumulated in registers.
@@ -246,7 +273,7 @@ static inline __attribute__((always_inline)) void tile(
 static inline __attribute__((always_inline)) void tile(
     const float *in, int cin, const float *wb, int ldw, int cout, int co, float *out, int R, int NV,
     const Epi *e, Mode m, int f, int t0, const float *res) {
-    v8 acc[12][5];
+    v8 acc[12][3];
     for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = splat(0.f);
     for (int ci = 0; ci < cin; ci++) {
         v8 wv[3];
@@ -256,7 +283,12 @@ static inline __attribute__((always_inline)) void tile(
             for (int v = 0; v < NV; v++) acc[r][v] += x * wv[v];
         }
     }
-    tile_epilogue(acc, cout, co, out, R, NV, e, m, f, t0, res);
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; v++) {
+        v8 col[12];
+        for (int r = 0; r < R; r++) col[r] = acc[r][v];
+        epilogue_column_v8(col, R, cout, co + v * VL, out, e, m, f, t0, res);
+    }
 }
 #endif
 
@@ -522,53 +554,6 @@ PHASE static void avgpool3(const float *in, int n, int H, int stride, float *out
         }
     }
 }
-
-/* The depthwise convolution's channel groups (fused_dw.h), for 8-float vectors and, in the AVX-512
-   build, for 16-float ones. */
-#define DV v8
-#define DV_LD ld
-#define DV_ST st
-#define DV_MAX vmax
-#define DV_ACT activate
-#define DV_NAME(n) n##_v8
-#include "fused_dw.h"
-#undef DV
-#undef DV_LD
-#undef DV_ST
-#undef DV_MAX
-#undef DV_ACT
-#undef DV_NAME
-#ifdef __AVX512F__
-static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
-static inline v16 vmax16(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
-static inline v16 vmin16(v16 a, v16 b) { return (v16)_mm512_min_ps((__m512)a, (__m512)b); }
-static inline v16 activate16(v16 v, int act) { /* activate(), the same operations in the same order */
-    if (act == ACT_RELU) return vmax16(v, splat16(0.f));
-    if (act == ACT_HSWISH) return v * vmin16(vmax16(v + splat16(3.f), splat16(0.f)), splat16(6.f)) * splat16(1.f / 6.f);
-    return v;
-}
-#define DV v16
-#define DV_LD ld16
-#define DV_ST st16
-#define DV_MAX vmax16
-#define DV_ACT activate16
-#define DV_NAME(n) n##_v16
-#include "fused_dw.h"
-#undef DV
-#undef DV_LD
-#undef DV_ST
-#undef DV_MAX
-#undef DV_ACT
-#undef DV_NAME
-/* Channel groups of 16 while they fit, then of 8: GROUPS(f, args) calls f_v16 or f_v8 per group c. */
-#define GROUPS(f, ...) do { \
-        int c = 0; \
-        for (; c + 16 <= C; c += 16) f##_v16(__VA_ARGS__); \
-        for (; c < C; c += VL) f##_v8(__VA_ARGS__); \
-    } while (0)
-#else
-#define GROUPS(f, ...) do { for (int c = 0; c < C; c += VL) f##_v8(__VA_ARGS__); } while (0)
-#endif
 
 /* Outputs [to, To) of a DyMN depthwise row one at a time. Out of line: inlined into each of
    depthwise_row's unrolled copies, it made dymn04_edge 1.4 % slower (AVX2 build, A/B). */

@@ -1,13 +1,50 @@
-/* One channel group of the depthwise convolution, for one vector type. fused_dymn.c includes this
-   file once per type it uses: 8 floats everywhere, and 16 floats in the AVX-512 build, for all
-   but the last 8 channels where C is an odd number of 8s. A template by inclusion, because C has
-   no other way to write the same loops for two vector types. The includer defines:
-     DV            the vector type;
-     DV_LD(p)      an unaligned load, DV_ST(p, v) a store, DV_SPLAT(x) a broadcast;
-     DV_MAX(a, b)  lane-wise max, DV_ACT(v, act) the activation (ReLU or Hardswish);
-     DV_NAME(n)    n with the type's suffix.
-   Each output is the same chain of FMAs in the same order in every instantiation, so the two widths
+/* The code that runs at either vector width: one column of the GEMM tile's epilogue, and one
+   channel group of the depthwise convolution. fused_dymn.c includes this file once per type it
+   uses: 8 floats everywhere, and 16 floats in the AVX-512 build (for all but the last 8 channels
+   where a count is an odd number of 8s). A template by inclusion, because C has no other way to
+   write the same loops for two vector types. The includer defines:
+     DV              the vector type;
+     DV_LD(p)        an unaligned load, DV_ST(p, v) a store, DV_SPLAT(x) a broadcast;
+     DV_MUL(a, b)    a product that is rounded on its own (never fused into an FMA);
+     DV_MAX(a, b)    lane-wise max, DV_ACT(v, act) the activation (ReLU or Hardswish),
+     DV_HSWISH_TILE  Hardswish with its constants loaded where used (hswish_in_tile);
+     DV_NAME(n)      n with the type's suffix.
+   Every output gets the same operations in the same order in each instantiation, so the two widths
    give bit-identical results. */
+
+/* The epilogue of one tile column: rows 0..R-1 of output channels c .. c + lanes - 1, whose
+   accumulated sums are acc[r]. */
+static inline __attribute__((always_inline)) void DV_NAME(epilogue_column)(
+    const DV *acc, int R, int cout, int c, float *out, const Epi *e, Mode m, int f, int t0, const float *res) {
+    /* Locals, not e->...: DV_ST is a memcpy, which may alias anything, so fields read through e
+       would be reloaded after every store. */
+    const float *scale = e->scale, *shift = e->shift;
+    float *pool_f = e->pool_f, *pool_t = e->pool_t;
+    DV sc = m.scale ? DV_LD(scale + c) : DV_SPLAT(1.f), sh = DV_LD(shift + c);
+    DV sum_f = m.pool ? DV_LD(pool_f + f * cout + c) : DV_SPLAT(0.f), pair = DV_SPLAT(0.f);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; r++) {
+        /* acc * 1 + shift rather than acc + shift: the same speed, and the rounding of the code
+           before this epilogue was specialised. Compiled as acc + shift, the seeded dymn04's
+           real-audio row moved from 9.2e-5 to 1.1e-4 off EfficientAT, over the 1e-4 allowed. */
+        DV y = m.scale ? DV_MUL(acc[r], sc) + sh : acc[r] * sc + sh;
+        y = m.act == ACT_HSWISH ? DV_HSWISH_TILE(y) : DV_ACT(y, m.act);
+        if (m.res) y += DV_LD(res + r * cout + c);
+        DV_ST(out + r * cout + c, y);
+        if (m.pool) {
+            if (r % 2 == 0) pair = y;
+            else sum_f += pair + y;
+            float *pt = pool_t + (t0 + r) * cout + c;
+            DV_ST(pt, DV_LD(pt) + y);
+        }
+    }
+    if (m.pool && R % 2) sum_f += pair;
+    /* One store of the frequency sum per tile: per row, its load-add-store chain stalled the GEMM.
+       It adds the rows in pairs (t, t + 1), t even, in order, whatever the tile's height (tiles
+       start at even t): every build then sums alike, and the AVX2 and AVX-512 builds give the
+       same logits, bit for bit. */
+    if (m.pool) DV_ST(pool_f + f * cout + c, sum_f);
+}
 
 /* Bias plus the k x k taps of output `to`, channel group c: the last few columns of every row. */
 static inline DV DV_NAME(dw_one)(const float *const *in_rows, const float *w, const float *bias, int C, int to, int c, int KS, int S, int d) {

@@ -180,16 +180,7 @@ static inline v8 hswish_in_tile(v8 v) {
 #define DV_SPLAT splat
 #define DV_MUL vmul
 #define DV_HSWISH_TILE hswish_in_tile
-#include "fused_width.h"
-#undef DV
-#undef DV_LD
-#undef DV_ST
-#undef DV_MAX
-#undef DV_ACT
-#undef DV_NAME
-#undef DV_SPLAT
-#undef DV_MUL
-#undef DV_HSWISH_TILE
+#include "fused_width.h" /* which undefines the DV_ macros */
 #ifdef __AVX512F__
 static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 static inline v16 vmax16(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
@@ -215,16 +206,7 @@ static inline v16 activate16(v16 v, int act) { /* activate(), the same operation
 #define DV_SPLAT splat16
 #define DV_MUL vmul16
 #define DV_HSWISH_TILE hswish16_in_tile
-#include "fused_width.h"
-#undef DV
-#undef DV_LD
-#undef DV_ST
-#undef DV_MAX
-#undef DV_ACT
-#undef DV_NAME
-#undef DV_SPLAT
-#undef DV_MUL
-#undef DV_HSWISH_TILE
+#include "fused_width.h" /* which undefines the DV_ macros */
 /* Channel groups of 16 while they fit, then of 8: GROUPS(f, args) calls f_v16 or f_v8 per group c. */
 #define GROUPS(f, ...) do { \
         int c = 0; \

@@ -9,6 +9,7 @@
      DV_MAX(a, b)    lane-wise max, DV_ACT(v, act) the activation (ReLU or Hardswish),
      DV_HSWISH_TILE  Hardswish with its constants loaded where used (hswish_in_tile);
      DV_NAME(n)      n with the type's suffix.
+   It undefines them at its end, ready for the next instantiation.
    Every output gets the same operations in the same order in each instantiation, so the two widths
    give bit-identical results. */
 
@@ -125,3 +126,13 @@ static inline void DV_NAME(dw_group_one_mn)(const float *const *in_rows, const f
                                             int c, int KS, int S, int d, int act) {
     DV_ST(o + (size_t)to * C + c, DV_ACT(DV_NAME(dw_one)(in_rows, w, bias, C, to, c, KS, S, d), act));
 }
+
+#undef DV
+#undef DV_LD
+#undef DV_ST
+#undef DV_MAX
+#undef DV_ACT
+#undef DV_NAME
+#undef DV_SPLAT
+#undef DV_MUL
+#undef DV_HSWISH_TILE

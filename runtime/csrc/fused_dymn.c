@@ -15,8 +15,11 @@
 
    Layout is channels-last (F, T, C), one window at a time. Every channel count is a multiple of 8.
    Vectors are GCC vector extensions of 8 floats: AVX2/FMA when compiled with -mavx2 -mfma,
-   SSE or NEON register pairs otherwise. Sums run in float32 in a different order than PyTorch;
-   parity with PyTorch is tested to 1e-4 on logits (tests/runtime/test_fused_backend.py).
+   SSE or NEON register pairs otherwise. With -mavx512f the GEMM tiles, their epilogue and the
+   depthwise convolution also run on 16 floats (fused_width.h), with the same operations per
+   output in the same order, so the AVX2 and AVX-512 builds give bit-identical logits. Sums run in
+   float32 in a different order than PyTorch; parity with PyTorch is tested to 1e-4 on logits
+   (tests/runtime/test_fused_backend.py).
 
    Python side: runtime/backends/fused.py (ctypes structs mirror Block and Net below).
    Profiling build: -DPROFILE times context / kernels / rows per block into dymn_prof. */

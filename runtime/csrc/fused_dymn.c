@@ -363,9 +363,12 @@ static inline __attribute__((always_inline)) void gemm_mode(const float *in, int
 GEMM_FN(gemm_shift, ((Mode){0, ACT_NONE, 0, 0}))
 GEMM_FN(gemm_shift_relu, ((Mode){0, ACT_RELU, 0, 0}))
 GEMM_FN(gemm_shift_hswish, ((Mode){0, ACT_HSWISH, 0, 0}))
-GEMM_FN(gemm_res_pool, ((Mode){0, ACT_NONE, 1, 1}))
 GEMM_FN(gemm_res, ((Mode){0, ACT_NONE, 1, 0}))
-GEMM_FN(gemm_pool, ((Mode){0, ACT_NONE, 0, 1}))
+/* DyMN: BN's scale in the epilogue, not in the aggregated kernel (see aggregate_packed). */
+GEMM_FN(gemm_scale_relu, ((Mode){1, ACT_RELU, 0, 0}))
+GEMM_FN(gemm_scale_hswish, ((Mode){1, ACT_HSWISH, 0, 0}))
+GEMM_FN(gemm_scale_res_pool, ((Mode){1, ACT_NONE, 1, 1}))
+GEMM_FN(gemm_scale_pool, ((Mode){1, ACT_NONE, 0, 1}))
 GEMM_FN(gemm_any, ((Mode){e->scale != NULL, e->act, e->res != NULL, e->pool_f != NULL}))
 
 /* gemm_mode with the epilogue that e asks for; e->shift is required. */
@@ -373,10 +376,14 @@ static void gemm(const float *in, int nf, int nt, int in_stride, int cin, const 
                  int out_stride, const Epi *e) {
     int sc = e->scale != NULL, res = e->res != NULL, pool = e->pool_f != NULL;
     void (*fn)(const float *, int, int, int, int, const float *, int, int, float *, int, const Epi *) = gemm_any;
-    if (!sc && !res && !pool) /* expansions and gates */
+    if (!sc && !res && !pool) /* mn expansions, gates */
         fn = e->act == ACT_RELU ? gemm_shift_relu : e->act == ACT_HSWISH ? gemm_shift_hswish : gemm_shift;
-    else if (!sc && e->act == ACT_NONE) /* projections */
-        fn = res && pool ? gemm_res_pool : res ? gemm_res : gemm_pool;
+    else if (!sc && res && !pool && e->act == ACT_NONE) /* mn projections */
+        fn = gemm_res;
+    else if (sc && !res && !pool && e->act != ACT_NONE) /* DyMN expansions */
+        fn = e->act == ACT_RELU ? gemm_scale_relu : gemm_scale_hswish;
+    else if (sc && pool && e->act == ACT_NONE) /* DyMN projections */
+        fn = res ? gemm_scale_res_pool : gemm_scale_pool;
     fn(in, nf, nt, in_stride, cin, w, packed, cout, out, out_stride, e);
 }
 
@@ -506,7 +513,10 @@ PHASE static void aggregate(const float *bank, const float *a, int K, size_t row
 }
 
 
-/* aggregate for rows [lo, hi) of a (rows, cout) kernel whose banks are `stride` floats apart, written
+/* sum_k a_k bank[k] for rows [lo, hi) of a (rows, cout) kernel whose banks are `stride` floats apart,
+   without BN's scale: the GEMM's epilogue applies it to each output. Folded into the kernel, it
+   rounded every weight a second time, and the seeded dymn04's real-audio row, which amplifies
+   float32 rounding, was 9.4e-5 off EfficientAT; applied to the outputs, 4.7e-5. Written
    as the GEMM's packed panels (gemm_mode): each column group's weights then stream contiguously
    through the tile loop, instead of 64-96 bytes from every row of a matrix up to 2.5 KB wide.
    DyMN's expansion and projection kernels always come from here, so a block's rows pass
@@ -514,13 +524,12 @@ PHASE static void aggregate(const float *bank, const float *a, int K, size_t row
    GEMM alone, hot caches, machine B: 672 -> 112 at 45 -> 49 GMAC/s, 160 -> 960 at 40 -> 45; the
    narrow expansions of the first blocks (16 -> 64, 72 -> 24) run alike. */
 PHASE static void aggregate_packed(const float *bank, const float *a, int K, int lo, int hi, int rows, int cout,
-                                   size_t stride, const float *scale, float *dst) {
+                                   size_t stride, float *dst) {
     for (int r = lo; r < hi; r++) {
         for (int co = 0; co < cout;) {
             int width = panel_width(cout, co);
             float *out = dst + (size_t)co * rows + (size_t)r * width;
-            for (int c = 0; c < width; c += VL)
-                st(out + c, bank_sum(bank, a, K, stride, (size_t)r * cout + co + c) * ld(scale + co + c));
+            for (int c = 0; c < width; c += VL) st(out + c, bank_sum(bank, a, K, stride, (size_t)r * cout + co + c));
             co += width;
         }
     }
@@ -647,15 +656,16 @@ static void prepare_share(const Prep *p, int id, int n) {
         for (int o = lo; o < hi; o++) p->coef[(o % 4) * C + o / 4] = z[o] * b->lambdas[o % 4] + b->init_v[o % 4];
     }
     TICK(0);
-    /* This input's three kernels, with BN's scales applied. */
+    /* This input's three kernels. BN's scale goes into the depthwise kernel; the expansion's and the
+       projection's are applied by their GEMMs' epilogues (aggregate_packed). */
     if (b->has_exp) {
         slice(b->cin, 1, id, n, &lo, &hi);
-        aggregate_packed(b->exp_w, p->att, K, lo, hi, b->cin, C, (size_t)b->cin * C, b->exp_scale, p->w_exp);
+        aggregate_packed(b->exp_w, p->att, K, lo, hi, b->cin, C, (size_t)b->cin * C, p->w_exp);
     }
     slice(b->k * b->k, 1, id, n, &lo, &hi);
     aggregate(b->dw_w + (size_t)lo * C, p->att + 8, K, hi - lo, C, (size_t)b->k * b->k * C, b->dw_scale, p->w_dw + (size_t)lo * C);
     slice(C, 1, id, n, &lo, &hi);
-    aggregate_packed(b->proj_w, p->att + 16, K, lo, hi, C, b->cout, (size_t)C * b->cout, b->proj_scale, p->w_proj);
+    aggregate_packed(b->proj_w, p->att + 16, K, lo, hi, C, b->cout, (size_t)C * b->cout, p->w_proj);
     TICK(1);
 }
 
@@ -718,7 +728,7 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
 static void project_row(const RowJob *j, const float *dw_row, int fo, float *sum_t, Prefetch *pf) {
     const Block *b = j->b;
     int pool = b->kind == KIND_DYMN;
-    Epi e = {NULL, b->proj_shift, ACT_NONE, b->residual ? j->x + (size_t)fo * b->T * b->cout : NULL, 0,
+    Epi e = {pool ? b->proj_scale : NULL, b->proj_shift, ACT_NONE, b->residual ? j->x + (size_t)fo * b->T * b->cout : NULL, 0,
              pool ? j->y_sum_f + (size_t)fo * b->cout : NULL, pool ? sum_t : NULL, pf};
     gemm(dw_row, 1, b->To, 0, b->cexp, j->w_proj, b->kind == KIND_DYMN, b->cout, j->y + (size_t)fo * b->To * b->cout, 0, &e);
 }
@@ -740,7 +750,7 @@ static void block_rows(const RowJob *j, int lo, int hi, float *ring, float *dw_r
         memset(ring + r * row_floats, 0, sizeof(float) * pad * C);
         memset(ring + r * row_floats + (size_t)(T + pad) * C, 0, sizeof(float) * pad * C);
     }
-    Epi e_exp = {NULL, b->exp_shift, b->exp_act, NULL, 0, NULL, NULL, pf};
+    Epi e_exp = {b->kind == KIND_DYMN ? b->exp_scale : NULL, b->exp_shift, b->exp_act, NULL, 0, NULL, NULL, pf};
     int first = lo * b->stride - pad;
     int next = first > 0 ? first : 0; /* the next expansion row to compute */
     for (int fo = lo; fo < hi; fo++) {

@@ -79,6 +79,8 @@ def main() -> None:
             libraries.update(_compile_rev(args.against, [v for v in installed if v != "generic"], Path(tmp)))
         print(f"{len(libraries)} builds, {args.threads} thread(s), {args.rounds} interleaved rounds of 5 windows")
         for bundle in bundles:
+            if not (Path(bundle) / fused.FUSED_FILE).is_file():
+                sys.exit(f"{bundle}: no {fused.FUSED_FILE} (a bundle folder from dymn-edge export onnx, without --no-fused)")
             weights = fused._Weights(Path(bundle) / fused.FUSED_FILE)
             plans = {name: [fused._Plan(fused.load_library(path), weights, window.shape[2], window.shape[3], args.threads)
                             for _ in range(2)] for name, path in libraries.items()}

@@ -50,8 +50,10 @@ extras["all"] = sorted({req for name, reqs in extras.items() if name not in ("te
 
 # The fused backend's C kernels (runtime/csrc/fused_dymn.c), loaded with ctypes, not imported.
 # A generic build everywhere (SSE on x86-64, NEON on aarch64), and on x86-64 an AVX2/FMA build and
-# an AVX-512 one (512-bit GEMM tiles) that runtime/backends/fused.py picks by the CPU's features. Optional: without a C compiler the
-# install still succeeds and only --backend fused is unavailable.
+# an AVX-512 one (16-float GEMM tiles and depthwise rows); runtime/backends/fused.py picks the best
+# the CPU runs, and its BUILD_FLAGS repeats these flags for the benchmarks that compile the C code
+# themselves. Optional: without a C compiler the install still succeeds and only --backend fused is
+# unavailable.
 FUSED_SOURCES = ["runtime/csrc/fused_dymn.c"]
 FUSED_HEADERS = ["runtime/csrc/fused_width.h"]  # included by fused_dymn.c: a change rebuilds the libraries
 

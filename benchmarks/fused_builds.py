@@ -15,7 +15,6 @@ BUNDLE defaults to the embedded dymn04_edge and mn04_as. Needs numpy; gcc and gi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -34,13 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _installed() -> dict[str, Path]:
     """{variant: library path} of the installed builds this CPU runs, fastest first."""
-    found = {}
-    for variant in fused.runnable_builds():
-        suffix = "" if variant == "generic" else f"_{variant}"
-        spec = importlib.util.find_spec(f"dymn_edge.runtime._fused_dymn{suffix}")
-        if spec is not None and spec.origin:
-            found[variant] = Path(spec.origin)
-    return found
+    paths = {variant: fused.library_path(variant) for variant in fused.runnable_builds()}
+    return {variant: path for variant, path in paths.items() if path is not None}
 
 
 def _compile_rev(rev: str, variants: list[str], out: Path) -> dict[str, Path]:

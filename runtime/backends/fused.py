@@ -91,11 +91,18 @@ def runnable_builds() -> list[str]:
     return [name for name, runs in BUILDS.items() if runs()]
 
 
+def library_path(variant: str) -> Path | None:
+    """Where the installed library of a build ("avx512", "avx2", "generic") is, or None if it was not built."""
+    spec = importlib.util.find_spec("dymn_edge.runtime._fused_dymn" + ("" if variant == "generic" else f"_{variant}"))
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
 def library_variant() -> tuple[str, Path]:
     """(variant, path) of the compiled library this CPU should use: "avx512", "avx2" or "generic".
 
-    The AVX-512 build runs the GEMM tiles on 16-float vectors: dymn10 1.34x and mn04_as 1.25x faster
-    than the AVX2 build on an AMD EPYC with AVX-512 (docs/benchmarks.md).
+    The AVX-512 build runs the GEMM tiles, their epilogue and the depthwise convolution on 16-float
+    vectors, with logits bit-identical to the AVX2 build's: dymn10 1.40x and mn04_as 1.36x faster
+    than the AVX2 build on an AMD EPYC with AVX-512 (benchmarks/fused_builds.py, docs/benchmarks.md).
     ``DYMN_EDGE_FUSED_BUILD=generic`` (or ``avx2``, ``avx512``) forces one, for tests and comparisons.
     """
     forced = os.environ.get("DYMN_EDGE_FUSED_BUILD")
@@ -105,10 +112,9 @@ def library_variant() -> tuple[str, Path]:
         raise BackendUnavailableError(f"DYMN_EDGE_FUSED_BUILD={forced}, but this CPU lacks {_NEEDS[forced]}")
     candidates = [forced] if forced else runnable_builds()
     for variant in candidates:
-        module = "dymn_edge.runtime._fused_dymn" + ("" if variant == "generic" else f"_{variant}")
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.origin:
-            return variant, Path(spec.origin)
+        path = library_path(variant)
+        if path is not None:
+            return variant, path
     raise BackendUnavailableError(
         "the fused backend's C library was not built (pip compiles runtime/csrc/fused_dymn.c at install time "
         "and needs a C compiler: apt install gcc, then pip install --force-reinstall --no-deps dymn-edge)")

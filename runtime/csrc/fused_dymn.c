@@ -727,10 +727,10 @@ static RowJob block_prepare(const Block *b, const float *x, const float *sum_f, 
    sums (which only a DyMN block's context reads: mn blocks skip them). */
 static void project_row(const RowJob *j, const float *dw_row, int fo, float *sum_t, Prefetch *pf) {
     const Block *b = j->b;
-    int pool = b->kind == KIND_DYMN;
-    Epi e = {pool ? b->proj_scale : NULL, b->proj_shift, ACT_NONE, b->residual ? j->x + (size_t)fo * b->T * b->cout : NULL, 0,
-             pool ? j->y_sum_f + (size_t)fo * b->cout : NULL, pool ? sum_t : NULL, pf};
-    gemm(dw_row, 1, b->To, 0, b->cexp, j->w_proj, b->kind == KIND_DYMN, b->cout, j->y + (size_t)fo * b->To * b->cout, 0, &e);
+    int dymn = b->kind == KIND_DYMN; /* packed kernel, BN scale in the epilogue, pooling sums */
+    Epi e = {dymn ? b->proj_scale : NULL, b->proj_shift, ACT_NONE, b->residual ? j->x + (size_t)fo * b->T * b->cout : NULL, 0,
+             dymn ? j->y_sum_f + (size_t)fo * b->cout : NULL, dymn ? sum_t : NULL, pf};
+    gemm(dw_row, 1, b->To, 0, b->cexp, j->w_proj, dymn, b->cout, j->y + (size_t)fo * b->To * b->cout, 0, &e);
 }
 
 /* Output rows [lo, hi) of a prepared block. The expansion rows a depthwise output row needs live in
@@ -750,7 +750,8 @@ static void block_rows(const RowJob *j, int lo, int hi, float *ring, float *dw_r
         memset(ring + r * row_floats, 0, sizeof(float) * pad * C);
         memset(ring + r * row_floats + (size_t)(T + pad) * C, 0, sizeof(float) * pad * C);
     }
-    Epi e_exp = {b->kind == KIND_DYMN ? b->exp_scale : NULL, b->exp_shift, b->exp_act, NULL, 0, NULL, NULL, pf};
+    int dymn = b->kind == KIND_DYMN; /* packed kernel, BN scale in the epilogue */
+    Epi e_exp = {dymn ? b->exp_scale : NULL, b->exp_shift, b->exp_act, NULL, 0, NULL, NULL, pf};
     int first = lo * b->stride - pad;
     int next = first > 0 ? first : 0; /* the next expansion row to compute */
     for (int fo = lo; fo < hi; fo++) {
@@ -760,7 +761,7 @@ static void block_rows(const RowJob *j, int lo, int hi, float *ring, float *dw_r
             if (r < 0 || r >= F) { in_rows[i] = zero_row; continue; }
             for (; next <= r; next++) {
                 float *slot = ring + (size_t)(next % span) * row_floats + (size_t)pad * C;
-                if (b->has_exp) gemm(x + (size_t)next * T * b->cin, 1, T, 0, b->cin, j->w_exp, b->kind == KIND_DYMN, C, slot, 0, &e_exp);
+                if (b->has_exp) gemm(x + (size_t)next * T * b->cin, 1, T, 0, b->cin, j->w_exp, dymn, C, slot, 0, &e_exp);
                 else memcpy(slot, x + (size_t)next * T * C, sizeof(float) * T * C);
             }
             in_rows[i] = ring + (size_t)(r % span) * row_floats;

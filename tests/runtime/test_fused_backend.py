@@ -62,6 +62,10 @@ def test_seeded_dymn04_fixture_matches_efficientat(build, fixtures_dir, tmp_path
     assert got.shape == (3, 527)
     assert np.abs(got - reference["logits"]).max() < ATOL
     assert np.abs(got - _torch_logits(model, reference["input"])).max() < ATOL
+    if build in ("avx2", "avx512"):
+        # With FMA and BN's scale applied to the GEMM outputs (not folded into the aggregated
+        # kernels, which rounded every weight twice), row 2 is 4.7e-5 off; folded, it was 9.4e-5.
+        assert np.abs(got[2] - reference["logits"][2]).max() < 7e-5
 
 
 def test_seeded_dymn10_fixture_matches_pytorch(fixtures_dir, tmp_path):

@@ -495,9 +495,11 @@ PHASE static void softmax_attention(const float *w, const float *b, const float 
     for (int k = 0; k < K; k++) a[k] /= sum;
 }
 
-/* sum_k a_k bank[k * stride + i .. + 8]: 8 floats of the per-input kernel (both aggregations below). */
-static inline v8 bank_sum(const float *bank, const float *a, int K, size_t stride, size_t i) {
-    v8 s = splat(a[0]) * ld(bank + i);
+/* sum_k a_k bank[k * stride + i .. + 8]: 8 floats of the per-input kernel (both aggregations below).
+   The first product is an explicit vmul: with K a constant (aggregate) GCC could otherwise fuse it
+   instead of the second into an FMA, and round differently from the loop's a_k b_k + s chain. */
+static inline __attribute__((always_inline)) v8 bank_sum(const float *bank, const float *a, int K, size_t stride, size_t i) {
+    v8 s = vmul(splat(a[0]), ld(bank + i));
     for (int k = 1; k < K; k++) s += splat(a[k]) * ld(bank + k * stride + i);
     return s;
 }
@@ -505,11 +507,22 @@ static inline v8 bank_sum(const float *bank, const float *a, int K, size_t strid
 /* dst = (sum_k a_k bank[k]) * scale[column]: the per-input kernel with BN's scale applied.
    Each bank is (rows, channels) row-major, channels a multiple of 8; its K kernels are `stride`
    floats apart (rows * channels for a whole bank, more when rows is a slice of its rows). */
-PHASE static void aggregate(const float *bank, const float *a, int K, size_t rows, int channels, size_t stride,
-                            const float *scale, float *dst) {
+static inline __attribute__((always_inline)) void aggregate_k(const float *bank, const float *a, const int K, size_t rows,
+                                                              int channels, size_t stride, const float *scale, float *dst) {
     for (size_t r = 0; r < rows; r++)
         for (int c = 0; c < channels; c += VL)
             st(dst + r * channels + c, bank_sum(bank, a, K, stride, r * channels + c) * ld(scale + c));
+}
+
+/* Both aggregations run a copy with K = 4, every DyMN's (EfficientAT's default), as a constant. With
+   K known only at run time GCC kept the loop over banks in bank_sum, and aggregating a block's kernels
+   streamed its banks from DRAM at 14 GB/s; with K = 4 fixed, at 36-38 GB/s, which is what one core
+   of machine C reads from DRAM at all (a 10-line read loop: 38-40 GB/s). dymn10 aggregates 21 MB of
+   banks per window. Same arithmetic in the same order: the kernels are bitwise the same. */
+PHASE static void aggregate(const float *bank, const float *a, int K, size_t rows, int channels, size_t stride,
+                            const float *scale, float *dst) {
+    if (K == 4) aggregate_k(bank, a, 4, rows, channels, stride, scale, dst);
+    else aggregate_k(bank, a, K, rows, channels, stride, scale, dst);
 }
 
 
@@ -523,8 +536,8 @@ PHASE static void aggregate(const float *bank, const float *a, int K, size_t row
    packed = (kind == KIND_DYMN) to gemm; mn blocks' static kernels stay row-major.
    GEMM alone, hot caches, machine B: 672 -> 112 at 45 -> 49 GMAC/s, 160 -> 960 at 40 -> 45; the
    narrow expansions of the first blocks (16 -> 64, 72 -> 24) run alike. */
-PHASE static void aggregate_packed(const float *bank, const float *a, int K, int lo, int hi, int rows, int cout,
-                                   size_t stride, float *dst) {
+static inline __attribute__((always_inline)) void aggregate_packed_k(const float *bank, const float *a, const int K, int lo,
+                                                                     int hi, int rows, int cout, size_t stride, float *dst) {
     for (int r = lo; r < hi; r++) {
         for (int co = 0; co < cout;) {
             int width = panel_width(cout, co);
@@ -533,6 +546,12 @@ PHASE static void aggregate_packed(const float *bank, const float *a, int K, int
             co += width;
         }
     }
+}
+
+PHASE static void aggregate_packed(const float *bank, const float *a, int K, int lo, int hi, int rows, int cout,
+                                   size_t stride, float *dst) {
+    if (K == 4) aggregate_packed_k(bank, a, 4, lo, hi, rows, cout, stride, dst); /* see aggregate */
+    else aggregate_packed_k(bank, a, K, lo, hi, rows, cout, stride, dst);
 }
 
 /* EfficientAT's AvgPool2d(3, stride, padding=1) along one axis, padding counted (divides by 3). */

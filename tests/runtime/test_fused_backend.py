@@ -86,6 +86,26 @@ def test_dilated_reduced_tail_dymn_matches_pytorch(tmp_path, rng):
     assert np.abs(got - _torch_logits(model, x)).max() < ATOL
 
 
+@pytest.mark.parametrize("kernels", [3, 8])
+def test_dymn_with_other_kernel_counts_matches_pytorch(kernels, tmp_path):
+    """The kernel aggregation runs a copy with K = 4 (every DyMN's) as a constant; other K take the
+    general loop. Random BN statistics and a louder classifier keep the logits far from zero."""
+    torch.manual_seed(0)
+    model = create_model("dymn04", dyconv_k=kernels).eval()
+    model.set_temperature(1.0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5), m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.1, 0.1)
+        model.classifier[2].weight.mul_(10), model.classifier[5].weight.mul_(100)
+    assert model.layers[0].depth_conv.k == kernels
+    x = log_mel(load_audio(demo_clip_path()))[None, None, :, :400].astype(np.float32)
+    expected = _torch_logits(model, x)
+    assert np.abs(expected).max() > 1.0
+    got = FusedBackend(write_fused(model, tmp_path), n_mels=128).infer(x)
+    assert np.abs(got - expected).max() < ATOL
+
+
 def test_trained_dymn04_edge_on_real_audio_batches_and_threads(build, shared):
     """The embedded bundle's fused weights against its ONNX model on real clips of two lengths, on one
     thread and with each block's rows split between 2 and 3 threads; a batch gives the rows of its windows."""

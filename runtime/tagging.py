@@ -3,26 +3,32 @@
 Whole clips up to ``MAX_SINGLE_PASS_S`` run in one pass, as EfficientAT's ``inference.py`` does
 (the models are fully convolutional with global pooling, so any length works). Longer clips,
 and any request with a hop, run on sliding windows; the clip's scores are then the maximum over
-windows ("aggregation": "max"), so a short event anywhere in a long file still shows.
+windows ("aggregation": "max"), so a short event anywhere in a long file still shows. Files
+tagged on windows are decoded and resampled a block at a time, so memory stays that of one
+window however long the file.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
+import soundfile as sf
 
-from .audio import load_audio, seconds_to_samples
+from .audio import load_audio, seconds_to_samples, to_mono
 from .backends import Backend, create_backend
 from .bundle import Bundle
+from .errors import AudioFormatError
 from .frontend import LogMel
 from .labels import LabelSet
 
-__all__ = ["MAX_SINGLE_PASS_S", "Segment", "Tag", "TagResult", "Tagger", "sigmoid", "top_tags", "window_bounds"]
+__all__ = ["MAX_SINGLE_PASS_S", "Segment", "Tag", "TagResult", "Tagger", "file_blocks", "sigmoid", "stream_windows", "top_tags",
+           "window_bounds"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +111,52 @@ def window_bounds(n_samples: int, window: int, hop: int, min_length: int = 1) ->
     return [b for b in bounds if b[1] - b[0] >= min_length] or bounds[:1]
 
 
+def stream_windows(blocks: Iterable[np.ndarray], window: int, hop: int, min_length: int = 1) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``window_bounds``' windows, as (start, end, samples), over a clip that arrives in blocks.
+
+    Holds at most one window and one block, so a file of any length is tagged in the memory of one
+    window. The count of samples is only known at the end, where the trailing partial window (if
+    any) follows ``window_bounds``' rules.
+    """
+    if window <= 0 or hop <= 0:
+        raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
+    short = window < min_length  # window_bounds then keeps the first window only
+    held, offset, total, i = np.zeros(0, np.float32), 0, 0, 0  # held = samples [offset, total)
+    for block in blocks:
+        held = np.concatenate([held, block])
+        total += len(block)
+        while i * hop + window <= total:
+            start = i * hop
+            if i == 0 or not short:
+                yield start, start + window, held[start - offset : start + window - offset]
+            i += 1
+            keep = min(i * hop, total)
+            held, offset = held[keep - offset :], keep
+    if i == 0:  # no full window: the clip is one window, as window_bounds has it
+        yield 0, total, held[: total - offset]
+        return
+    if short:
+        return
+    for start, end in window_bounds(total, window, hop, min_length)[i:]:
+        yield start, end, held[start - offset : end - offset]
+
+
+def file_blocks(path: str | Path, sample_rate_hz: int) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of an audio file at ``sample_rate_hz``, decoded and resampled a second at a time.
+
+    The concatenated blocks equal ``load_audio``'s samples bit for bit: the channels are mixed by the
+    same ``to_mono``, and soxr's stream carries its filter state across blocks (tested).
+    """
+    from .stream.resampler import StreamResampler  # stream imports this module's siblings only
+    from .stream.sources import FileSource
+
+    source = FileSource(path)
+    resampler = StreamResampler(source.sample_rate, sample_rate_hz)
+    for _, block in source.blocks(threading.Event()):
+        yield resampler.process(to_mono(block))
+    yield resampler.flush()
+
+
 class Tagger:
     """A frontend, a backend and the labels the model predicts."""
 
@@ -166,16 +218,52 @@ class Tagger:
             raise ValueError(f"window and hop must be positive seconds, got window={window_s}, hop={hop_s}")
         if not windowed:
             logger.info("%s: %.0f s is longer than %.0f s; tagging %.0f s windows", path, duration, MAX_SINGLE_PASS_S, window_s)
-        timeline = []
-        min_length = getattr(getattr(self.frontend, "config", None), "min_samples", 1)
-        for start, end in window_bounds(len(wave), seconds_to_samples(window_s, sr), seconds_to_samples(hop_s, sr), min_length):
-            scores = self.scores(wave[start:end])
+        window, hop = seconds_to_samples(window_s, sr), seconds_to_samples(hop_s, sr)
+        bounds = window_bounds(len(wave), window, hop, self._min_samples())
+        return self._tag_windows(((s, e, wave[s:e]) for s, e in bounds), path, top_k, windowed, lambda: duration)
+
+    def tag_file(self, path: str | Path, *, top_k: int = 5, window_s: float | None = None, hop_s: float | None = None) -> TagResult:
+        """Tag an audio file: in one pass up to ``MAX_SINGLE_PASS_S``, else (or with a window or hop) on
+        windows, decoded a block at a time."""
+        windowed = window_s is not None or hop_s is not None
+        try:
+            info = sf.info(str(path))
+            seconds = info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
+        except (RuntimeError, sf.LibsndfileError, OSError):
+            seconds = None  # load_audio names what is wrong with the file
+        if seconds is None or (not windowed and seconds <= MAX_SINGLE_PASS_S):
+            return self.tag(load_audio(path, self.sample_rate_hz), path=str(path), top_k=top_k, window_s=window_s, hop_s=hop_s)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        window_s = DEFAULT_WINDOW_S if window_s is None else window_s
+        hop_s = window_s if hop_s is None else hop_s
+        if window_s <= 0 or hop_s <= 0:
+            raise ValueError(f"window and hop must be positive seconds, got window={window_s}, hop={hop_s}")
+        if not windowed:
+            logger.info("%s: %.0f s is longer than %.0f s; tagging %.0f s windows", path, seconds, MAX_SINGLE_PASS_S, window_s)
+        sr, counted = self.sample_rate_hz, [0]
+
+        def blocks() -> Iterator[np.ndarray]:
+            for block in file_blocks(path, sr):
+                counted[0] += len(block)
+                yield block
+
+        windows = stream_windows(blocks(), seconds_to_samples(window_s, sr), seconds_to_samples(hop_s, sr), self._min_samples())
+        return self._tag_windows(windows, str(path), top_k, windowed, lambda: counted[0] / sr)
+
+    def _min_samples(self) -> int:
+        return getattr(getattr(self.frontend, "config", None), "min_samples", 1)
+
+    def _tag_windows(self, windows: Iterable[tuple[int, int, np.ndarray]], path: str, top_k: int, windowed: bool,
+                     duration: Callable[[], float]) -> TagResult:
+        """Score each window; the clip's scores are the maximum over windows. ``duration`` is read at the end."""
+        sr, timeline = self.sample_rate_hz, []
+        for start, end, wave in windows:
+            if end == 0:  # a streamed file that decoded to nothing (load_audio says the same)
+                raise AudioFormatError(f"{path}: contains no audio samples")
+            scores = self.scores(wave)
             timeline.append(Segment(start / sr, end / sr, top_tags(scores, self.labels, top_k), scores))
         clip = np.max([s.scores for s in timeline], axis=0)
         return TagResult(
-            path, self.model_name, top_tags(clip, self.labels, top_k), clip, duration, "max", timeline if windowed else None
+            path, self.model_name, top_tags(clip, self.labels, top_k), clip, duration(), "max", timeline if windowed else None
         )
-
-    def tag_file(self, path: str | Path, **kwargs) -> TagResult:
-        wave = load_audio(path, self.sample_rate_hz)
-        return self.tag(wave, path=str(path), **kwargs)

@@ -4,10 +4,14 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 
+from dymn_edge.runtime import tagging
+from dymn_edge.runtime.audio import load_audio
+from dymn_edge.runtime.errors import AudioFormatError
 from dymn_edge.runtime.frontend import LogMel
 from dymn_edge.runtime.labels import LabelSet
-from dymn_edge.runtime.tagging import MAX_SINGLE_PASS_S, Tagger, sigmoid, top_tags, window_bounds
+from dymn_edge.runtime.tagging import MAX_SINGLE_PASS_S, Tagger, file_blocks, sigmoid, stream_windows, top_tags, window_bounds
 
 
 class LoudnessBackend:
@@ -140,3 +144,52 @@ def test_file_tagging_and_the_live_stream_cut_the_same_windows(tagger):
     assert windower.window == windower.hop == 64320
     assert [round(s.start * sr) for s in result.timeline] == [0, 64320, 128640, 192960, 257280]
     assert round(result.timeline[0].end * sr) == windower.window
+
+
+def test_streamed_windows_are_the_window_bounds_whatever_the_blocks(rng):
+    """stream_windows cuts a clip that arrives in blocks exactly as window_bounds cuts it whole,
+    including a trailing sliver shorter than min_length and windows shorter than min_length."""
+    for _ in range(2000):
+        n, window, hop, min_length = (int(rng.integers(lo, hi)) for lo, hi in ((0, 3000), (1, 600), (1, 700), (1, 40)))
+        clip = rng.standard_normal(n).astype(np.float32)
+        blocks = np.split(clip, np.sort(rng.integers(0, n + 1, size=int(rng.integers(0, 6)))))
+        got = list(stream_windows(iter(blocks), window, hop, min_length))
+        assert [(s, e) for s, e, _ in got] == window_bounds(n, window, hop, min_length), (n, window, hop, min_length)
+        for s, e, samples in got:
+            np.testing.assert_array_equal(samples, clip[s:e])
+
+
+def test_file_blocks_are_load_audio_bit_for_bit(shared):
+    for name in ("glacier_bay_humpback_whale.flac", "brahms_hungarian_dance_5_us_army_strings.flac"):  # mono / stereo, 44.1 kHz
+        path = shared / "data" / "streaming" / name
+        np.testing.assert_array_equal(np.concatenate(list(file_blocks(path, 32000))), load_audio(path, 32000))
+
+
+def test_long_files_are_tagged_a_block_at_a_time_as_if_whole(tagger, shared, monkeypatch):
+    """Over MAX_SINGLE_PASS_S (or with --window/--hop) a file is decoded and resampled a block at a
+    time, so memory stays that of a window; the result equals tagging the whole decoded file."""
+    long, stereo = (shared / "data" / "streaming" / n for n in ("glacier_bay_humpback_whale.flac", "brahms_hungarian_dance_5_us_army_strings.flac"))
+    expected = tagger.tag(load_audio(long, 32000), path=str(long))
+    overlapping = tagger.tag(load_audio(stereo, 32000), path=str(stereo), window_s=5.0, hop_s=2.5)
+
+    def whole_file(*_):
+        raise AssertionError("a long file was decoded whole")
+
+    monkeypatch.setattr(tagging, "load_audio", whole_file)
+    got = tagger.tag_file(long)
+    assert expected.duration_s > MAX_SINGLE_PASS_S and got.aggregation == "max" and got.timeline is None
+    assert got.duration_s == expected.duration_s and [t.index for t in got.tags] == [t.index for t in expected.tags]
+    np.testing.assert_array_equal(got.scores, expected.scores)
+    got = tagger.tag_file(stereo, window_s=5.0, hop_s=2.5)
+    assert [(s.start, s.end) for s in got.timeline] == [(s.start, s.end) for s in overlapping.timeline]
+    for a, b in zip(got.timeline, overlapping.timeline):
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_a_long_file_with_nan_samples_says_where(tagger, tmp_path):
+    wave = np.zeros(8000 * 70, np.float32)
+    wave[8000 * 30] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, wave, 8000, subtype="FLOAT")
+    with pytest.raises(AudioFormatError, match=r"nan\.wav: NaN/inf samples near 30"):
+        tagger.tag_file(path)

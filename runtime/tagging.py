@@ -212,13 +212,7 @@ class Tagger:
         if not windowed and duration <= MAX_SINGLE_PASS_S:
             scores = self.scores(wave)
             return TagResult(path, self.model_name, top_tags(scores, self.labels, top_k), scores, duration)
-        window_s = DEFAULT_WINDOW_S if window_s is None else window_s
-        hop_s = window_s if hop_s is None else hop_s
-        if window_s <= 0 or hop_s <= 0:
-            raise ValueError(f"window and hop must be positive seconds, got window={window_s}, hop={hop_s}")
-        if not windowed:
-            logger.info("%s: %.0f s is longer than %.0f s; tagging %.0f s windows", path, duration, MAX_SINGLE_PASS_S, window_s)
-        window, hop = seconds_to_samples(window_s, sr), seconds_to_samples(hop_s, sr)
+        window, hop = self._window_and_hop(path, duration, window_s, hop_s)
         bounds = window_bounds(len(wave), window, hop, self._min_samples())
         return self._tag_windows(((s, e, wave[s:e]) for s, e in bounds), path, top_k, windowed, lambda: duration)
 
@@ -235,12 +229,7 @@ class Tagger:
             return self.tag(load_audio(path, self.sample_rate_hz), path=str(path), top_k=top_k, window_s=window_s, hop_s=hop_s)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        window_s = DEFAULT_WINDOW_S if window_s is None else window_s
-        hop_s = window_s if hop_s is None else hop_s
-        if window_s <= 0 or hop_s <= 0:
-            raise ValueError(f"window and hop must be positive seconds, got window={window_s}, hop={hop_s}")
-        if not windowed:
-            logger.info("%s: %.0f s is longer than %.0f s; tagging %.0f s windows", path, seconds, MAX_SINGLE_PASS_S, window_s)
+        window, hop = self._window_and_hop(str(path), seconds, window_s, hop_s)
         sr, counted = self.sample_rate_hz, [0]
 
         def blocks() -> Iterator[np.ndarray]:
@@ -248,8 +237,20 @@ class Tagger:
                 counted[0] += len(block)
                 yield block
 
-        windows = stream_windows(blocks(), seconds_to_samples(window_s, sr), seconds_to_samples(hop_s, sr), self._min_samples())
+        windows = stream_windows(blocks(), window, hop, self._min_samples())
         return self._tag_windows(windows, str(path), top_k, windowed, lambda: counted[0] / sr)
+
+    def _window_and_hop(self, path: str, seconds: float, window_s: float | None, hop_s: float | None) -> tuple[int, int]:
+        """Window and hop in samples (defaults: 10 s, hop = window), checked; says why a clip without
+        --window or --hop runs on windows."""
+        windowed = window_s is not None or hop_s is not None
+        window_s = DEFAULT_WINDOW_S if window_s is None else window_s
+        hop_s = window_s if hop_s is None else hop_s
+        if window_s <= 0 or hop_s <= 0:
+            raise ValueError(f"window and hop must be positive seconds, got window={window_s}, hop={hop_s}")
+        if not windowed:
+            logger.info("%s: %.0f s is longer than %.0f s; tagging %.0f s windows", path, seconds, MAX_SINGLE_PASS_S, window_s)
+        return seconds_to_samples(window_s, self.sample_rate_hz), seconds_to_samples(hop_s, self.sample_rate_hz)
 
     def _min_samples(self) -> int:
         return getattr(getattr(self.frontend, "config", None), "min_samples", 1)

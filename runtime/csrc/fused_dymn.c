@@ -240,16 +240,12 @@ static inline __attribute__((always_inline)) void tile(
         for (int w = 0; w < W; w++) w16[w] = ld16(wr + w * 16);
         if (E) w8 = ld(wr + W * 16);
         for (int r = 0; r < R; r++) {
-            if (E) { /* the 8-float part takes the low half of the 16-float broadcast: one load, not two.
-                        Broadcast separately, the loads outnumbered the FMAs in 24-wide groups: a
-                        64 -> 24 GEMM ran at 62 GMAC/s, now 80 (harness, machine C). */
-                v16 x = splat16(in[r * cin + ci]);
-                for (int w = 0; w < W; w++) a16[r][w] += x * w16[w];
-                a8[r] += (v8)_mm512_castps512_ps256((__m512)x) * w8;
-            } else {
-                float x = in[r * cin + ci];
-                for (int w = 0; w < W; w++) a16[r][w] += splat16(x) * w16[w];
-            }
+            /* The 8-float part takes the low half of the 16-float broadcast: one load, not two.
+               Broadcast separately, the loads outnumbered the FMAs in 24-wide groups: a 64 -> 24
+               GEMM ran at 62 GMAC/s, now 80 (harness, machine C). */
+            v16 x = splat16(in[r * cin + ci]);
+            for (int w = 0; w < W; w++) a16[r][w] += x * w16[w];
+            if (E) a8[r] += (v8)_mm512_castps512_ps256((__m512)x) * w8;
         }
     }
     for (int w = 0; w < W; w++) {

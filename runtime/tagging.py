@@ -26,6 +26,8 @@ from .bundle import Bundle
 from .errors import AudioFormatError
 from .frontend import LogMel
 from .labels import LabelSet
+from .stream.resampler import StreamResampler
+from .stream.sources import FileSource
 
 __all__ = ["MAX_SINGLE_PASS_S", "Segment", "Tag", "TagResult", "Tagger", "file_blocks", "sigmoid", "stream_windows", "top_tags",
            "window_bounds"]
@@ -147,9 +149,6 @@ def file_blocks(path: str | Path, sample_rate_hz: int) -> Iterator[np.ndarray]:
     The concatenated blocks equal ``load_audio``'s samples bit for bit: the channels are mixed by the
     same ``to_mono``, and soxr's stream carries its filter state across blocks (tested).
     """
-    from .stream.resampler import StreamResampler  # stream imports this module's siblings only
-    from .stream.sources import FileSource
-
     source = FileSource(path)
     resampler = StreamResampler(source.sample_rate, sample_rate_hz)
     for _, block in source.blocks(threading.Event()):

@@ -9,6 +9,7 @@ are given, else top-5 agreement with the FP32 model.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import re
@@ -20,7 +21,7 @@ import numpy as np
 from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
 
 from .dataset import FeatureSet
-from .ort_qdq import keep_fp_globs, kernel_aggregations, nodes_matching
+from .ort_qdq import POINTWISE_MIN_CHANNELS, SCOPES, keep_fp_globs, kernel_aggregations, nodes_matching, pointwise_layers
 
 __all__ = ["quantize_openvino"]
 
@@ -34,6 +35,18 @@ def _nncf():
     except ImportError as e:
         raise BackendUnavailableError('OpenVINO INT8 needs NNCF and OpenVINO: pip install "dymn-edge[openvino,calibrate]"') from e
     return nncf, ov
+
+
+@contextlib.contextmanager
+def _nncf_warnings_only():
+    """NNCF logs every ignored node at INFO: with the pointwise scope that was 160 lines per model."""
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    nncf_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        nncf_logger.setLevel(level)
 
 
 def _range_estimator(nncf, method: str):
@@ -54,11 +67,18 @@ def quantize_openvino(
     method: str = "minmax",
     keep_fp: list[str] = (),
     accuracy_control: tuple[FeatureSet, Callable[[Callable[[np.ndarray], np.ndarray], FeatureSet], float], float] | None = None,
+    scope: str = "all",
 ) -> dict:
     """Quantize an ONNX or IR model; the INT8 IR goes to ``out_xml`` (+ .bin).
 
     ``accuracy_control``: (validation features, metric(run, features) -> higher-is-better, max absolute drop).
+    ``scope``: "all" (NNCF's choice of operators) or "pointwise" (only ``ort_qdq.pointwise_layers``;
+    needs an ONNX model, whose node names NNCF's ignored scope can be given).
     """
+    if scope not in SCOPES:
+        raise CalibrationError(f"unknown quantization scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    if scope == "pointwise" and Path(model_path).suffix != ".onnx":
+        raise CalibrationError(f"{model_path}: the pointwise scope is resolved on an ONNX model; this is {Path(model_path).suffix or 'no'} file")
     nncf, ov = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
@@ -82,30 +102,42 @@ def quantize_openvino(
             raise CalibrationError(f"--keep-fp {' '.join(keep_fp)} matches no node of {model_path}")
         # DyMN's kernel aggregations stay in float for NNCF too (see ort_qdq.kernel_aggregations).
         names = kept + [n for n in kernel_aggregations(structure) if n not in kept]
-        patterns = ["^" + re.escape(name) + "(/.*)?$" for name in names]
         excluded = len(names)
+        layers = None
+        if scope == "pointwise":
+            # NNCF has no list of nodes to quantize, only an ignored scope: every other node goes in it.
+            chosen = set(pointwise_layers(structure)) - set(names)
+            if not chosen:
+                raise CalibrationError(f"{model_path} has no layer to quantize in the pointwise scope (1x1 convolutions and "
+                                       f"matrix products with constant weights, {POINTWISE_MIN_CHANNELS}+ channels"
+                                       + (", outside --keep-fp" if keep_fp else "") + "); use --scope all")
+            names = [n.name for n in structure.graph.node if n.name not in chosen and n.op_type != "Constant"]
+            layers = len(chosen)
+        patterns = ["^" + re.escape(name) + "(/.*)?$" for name in names]
     else:
-        patterns, excluded = [fnmatch.translate(g) for g in globs], None
+        patterns, excluded, layers = [fnmatch.translate(g) for g in globs], None, None
     ignored = nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None
     advanced = AdvancedQuantizationParameters(activations_range_estimator_params=_range_estimator(nncf, method))
     common = {"preset": nncf.QuantizationPreset.MIXED, "subset_size": len(data), "ignored_scope": ignored}
     try:
-        if accuracy_control is None:
-            quantized = nncf.quantize(model, calibration, advanced_parameters=advanced, **common)
-            control = None
-        else:
-            validation, metric, max_drop = accuracy_control
+        with _nncf_warnings_only():
+            if accuracy_control is None:
+                quantized = nncf.quantize(model, calibration, advanced_parameters=advanced, **common)
+                control = None
+            else:
+                validation, metric, max_drop = accuracy_control
 
-            def validate(compiled, _items) -> float:
-                out = compiled.outputs[0]
-                return metric(lambda x: np.asarray(compiled({0: feed(x)})[out])[:1], validation), None
+                def validate(compiled, _items) -> float:
+                    out = compiled.outputs[0]
+                    return metric(lambda x: np.asarray(compiled({0: feed(x)})[out])[:1], validation), None
 
-            quantized = nncf.quantize_with_accuracy_control(
-                model, calibration, nncf.Dataset(validation.features, feed), validate, max_drop=max_drop,
-                drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced, **common)
-            control = {"max_drop": max_drop, "validation_windows": len(validation)}
+                quantized = nncf.quantize_with_accuracy_control(
+                    model, calibration, nncf.Dataset(validation.features, feed), validate, max_drop=max_drop,
+                    drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced, **common)
+                control = {"max_drop": max_drop, "validation_windows": len(validation)}
     except Exception as e:  # NNCF raises its own and OpenVINO's exception types
         raise CalibrationError(f"NNCF quantization of {model_path} failed: {e}") from e
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
-    return {"method": method, "tool": f"nncf {nncf.__version__}", "preset": "mixed", "samples": len(data),
-            "ignored_patterns": globs, "excluded_nodes": excluded, "accuracy_control": control}
+    return {"method": method, "tool": f"nncf {nncf.__version__}", "preset": "mixed", "scope": scope, "samples": len(data),
+            "ignored_patterns": globs, "excluded_nodes": excluded, **({"quantized_layers": layers} if layers else {}),
+            "accuracy_control": control}

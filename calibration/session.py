@@ -59,10 +59,12 @@ def _split(data: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
     return take(a), take(b)
 
 
-def sensitivity_table(bundle, audio, validation_audio=None, *, method: str | None = None, samples: int | None = None, seed: int = 0) -> dict:
-    from .calibrate import DEFAULT_METHODS, sensitivity
+def sensitivity_table(bundle, audio, validation_audio=None, *, method: str | None = None, scope: str | None = None, samples: int | None = None,
+                      seed: int = 0) -> dict:
+    from .calibrate import DEFAULT_METHODS, DEFAULT_SCOPES, sensitivity
 
     method = method or DEFAULT_METHODS["onnxruntime"]  # the table ranks ONNX Runtime QDQ damage
+    scope = scope or DEFAULT_SCOPES["onnxruntime"]
     source = load_bundle(bundle)
     kwargs = {"config": source.frontend, "window_s": source.window_s, "labels": source.labels, "seed": seed}
     data = build_feature_set(audio, samples=samples, **kwargs)
@@ -74,6 +76,6 @@ def sensitivity_table(bundle, audio, validation_audio=None, *, method: str | Non
         how = str(validation_audio)
     if not len(validation) or not len(calibration):
         raise CalibrationError("sensitivity needs audio for both calibration and validation")
-    rows = sensitivity(source, calibration, validation, method=method)
-    return {"bundle": str(source.path), "method": method, "calibration_windows": len(calibration),
+    rows = sensitivity(source, calibration, validation, method=method, scope=scope)
+    return {"bundle": str(source.path), "method": method, "scope": scope, "calibration_windows": len(calibration),
             "validation_windows": len(validation), "validation": how, "rows": rows}

@@ -367,6 +367,9 @@ def _steady(summary: dict) -> str:
               help="onnxruntime: activation type. uint8 (U8S8) runs faster on x86 CPUs but agrees less with FP32 (docs/calibration.md).")
 @click.option("--keep-fp", multiple=True, metavar="PATTERN",
               help="Keep matching nodes in floating point: attention, context, stem, classifier, or a glob on node names/types. Repeatable.")
+@click.option("--scope", type=click.Choice(["pointwise", "all"]), default=None,
+              help="What to quantize: pointwise (wide 1x1 convolutions and matrix products, where INT8 is faster on CPUs) or all. "
+                   "Default: pointwise for onnxruntime and openvino, all for tensorrt.")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Windows to calibrate on (class-balanced when labels are known).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--accuracy-control", is_flag=True, help="OpenVINO: NNCF's accuracy-controlled quantization against --validation-audio.")
@@ -376,7 +379,7 @@ def _steady(summary: dict) -> str:
 @click.option("--tensorrt-version", default="8.5.2", show_default=True, help="TensorRT version the calibration cache header names.")
 @click.option("--sensitivity", is_flag=True, help="Rank the model's parts by the damage INT8 does to each alone, print the table, write nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-def calibrate(bundle, audio, out, backend, method, activations, keep_fp, samples, seed, accuracy_control, validation_audio, max_drop,
+def calibrate(bundle, audio, out, backend, method, activations, keep_fp, scope, samples, seed, accuracy_control, validation_audio, max_drop,
               tensorrt_version, sensitivity, force):
     """Quantize an FP32 bundle to INT8 for a backend, calibrated on real audio through the runtime's frontend."""
     from dymn_edge.calibration.calibrate import calibrate_bundle
@@ -385,15 +388,18 @@ def calibrate(bundle, audio, out, backend, method, activations, keep_fp, samples
         from dymn_edge.calibration.session import sensitivity_table
         from dymn_edge.display import print_sensitivity
 
-        print_sensitivity(sensitivity_table(bundle, audio, validation_audio, method=method, samples=samples, seed=seed))
+        print_sensitivity(sensitivity_table(bundle, audio, validation_audio, method=method, scope=scope, samples=samples, seed=seed))
         return
     if out is None:
         raise click.UsageError("--out is required (unless --sensitivity)")
-    result = calibrate_bundle(bundle, audio, out, backend=backend, method=method, activations=activations, keep_fp=list(keep_fp), samples=samples, seed=seed,
+    result = calibrate_bundle(bundle, audio, out, backend=backend, method=method, activations=activations, keep_fp=list(keep_fp), scope=scope,
+                              samples=samples, seed=seed,
                               accuracy_control=accuracy_control, validation_audio=validation_audio, max_drop=max_drop,
                               tensorrt_version=tensorrt_version, overwrite=force)
     q = result.manifest["quantization"]
-    click.echo(f"{result.path}: INT8 for {backend} ({q['method']}{', uint8 activations' if activations == 'uint8' else ''}), {q['windows']} windows from {q['files']} files"
+    layers = f", {q['quantized_layers']} layers" if "quantized_layers" in q else ""
+    click.echo(f"{result.path}: INT8 for {backend} ({q['method']}, {q['scope']} scope{layers}{', uint8 activations' if activations == 'uint8' else ''}), "
+               f"{q['windows']} windows from {q['files']} files"
                + (f", {len(q['skipped_files'])} skipped" if q["skipped_files"] else ""))
     for name, verdict in result.manifest.get("lint", {}).items():
         if not verdict["passed"]:

@@ -151,7 +151,7 @@ def print_validation(result: dict[str, Any]) -> None:
 
 def print_sensitivity(result: dict[str, Any]) -> None:
     console = _console(min_width=100)
-    table = Table(title=f"INT8 sensitivity of {result['bundle']} ({result['method']}; {result['calibration_windows']} calibration / "
+    table = Table(title=f"INT8 sensitivity of {result['bundle']} ({result['method']}, {result.get('scope', 'all')} scope; {result['calibration_windows']} calibration / "
                         f"{result['validation_windows']} validation windows, {result['validation']}): most harmful first", title_justify="left")
     for col in ("part quantized alone", "nodes", "top-5 agreement", "top-1 agreement", "mean KL", "max |dlogit|"):
         table.add_column(col, justify="left" if col.startswith("part") else "right")

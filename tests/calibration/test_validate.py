@@ -108,11 +108,24 @@ def test_bad_input(shared, tmp_path):
 
 
 def test_sensitivity_ranks_the_parts(shared, tmp_path):
-    proc = _cli("calibrate", embedded_bundle_path(), "--audio", shared / "data" / "pool", "--samples", "32", "--sensitivity", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "most harmful first" in proc.stdout
-    for part in ("features.0", "features.16", "classifier"):
-        assert part in proc.stdout
+    """Under the default pointwise scope, parts without a pointwise layer (the stem) are not in the
+    table; with --scope all every part is."""
+    rows = {}
+    for scope in ("pointwise", "all"):
+        proc = _cli("calibrate", embedded_bundle_path(), "--audio", shared / "data" / "pool", "--samples", "32", "--sensitivity",
+                    "--scope", scope, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "most harmful first" in proc.stdout and f"{scope} scope" in proc.stdout
+        rows[scope] = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("│")}
+    assert {"features.16", "classifier"} <= rows["pointwise"] and "features.0" not in rows["pointwise"]
+    assert {"features.0", "features.16", "classifier"} <= rows["all"]
+
+
+def test_calibrate_cli_refuses_an_unknown_scope(shared, tmp_path):
+    proc = _cli("calibrate", embedded_bundle_path(), "--audio", shared / "data" / "pool", "--out", tmp_path / "x", "--scope", "depthwise",
+                cwd=tmp_path)
+    assert proc.returncode == 2 and "Invalid value for '--scope': 'depthwise' is not one of 'pointwise', 'all'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_calibrate_cli_activation_type(shared, tmp_path):
@@ -124,4 +137,4 @@ def test_calibrate_cli_activation_type(shared, tmp_path):
     proc = _cli("calibrate", embedded_bundle_path(), "--audio", shared / "data" / "pool", "--out", tmp_path / "u8", "--activations", "uint8",
                 "--samples", "16", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "uint8 activations" in proc.stdout and load_bundle(tmp_path / "u8").manifest["quantization"]["activations"] == "uint8"
+    assert "pointwise scope, 30 layers, uint8 activations" in proc.stdout and load_bundle(tmp_path / "u8").manifest["quantization"]["activations"] == "uint8"

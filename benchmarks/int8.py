@@ -75,7 +75,7 @@ def main() -> None:
             for strategy in strategies:
                 fp32 = export_bundle(loaded, work / f"{name}-{strategy}", name=name, strategy="grouped" if strategy == "static" else strategy,
                                      batch=1, include_checkpoint=False, verify_parity=False).path
-                int8 = {b: calibrate_bundle(fp32, pool, work / f"{name}-{strategy}-int8-{b}", backend=b, samples=32, progress=False).path
+                int8 = {b: calibrate_bundle(fp32, pool, work / f"{name}-{strategy}-int8-{b}", backend=b, samples=32, scope="all", progress=False).path
                         for b in ("onnxruntime", "openvino")}
                 runners = {("onnxruntime", "fp32"): _runner("onnxruntime", fp32), ("onnxruntime", "int8"): _runner("onnxruntime", int8["onnxruntime"]),
                            ("openvino", "fp32"): _runner("openvino", fp32), ("openvino", "int8"): _runner("openvino", int8["openvino"])}
@@ -97,7 +97,8 @@ def main() -> None:
             accuracy[name] = {"fp32": labelled_metrics(ref.scores, data.targets)}
             for backend, method, keep, activations in variants:
                 out = calibrate_bundle(fp32, pool, work / f"acc-{name}-{backend}-{method}-{'-'.join(keep)}-{activations}", backend=backend,
-                                       method=method, activations=activations, keep_fp=list(keep), samples=64, progress=False)
+                                       method=method, activations=activations, keep_fp=list(keep), samples=64, scope="all",
+                                       progress=False)
                 run = run_model(out, data, backend="onnxruntime" if backend == "tensorrt" else backend, timed_runs=0)
                 fid = fidelity(ref, run)
                 q = out.manifest["quantization"]

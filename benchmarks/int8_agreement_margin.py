@@ -37,7 +37,7 @@ def main() -> None:
     esc50 = build_feature_set(args.shared / "data" / "esc50" / "labels.csv", config=bundle.frontend, window_s=bundle.window_s,
                               labels=bundle.labels, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
-        int8 = calibrate_bundle(bundle, args.shared / "data" / "pool", Path(tmp) / "int8", backend="onnxruntime", samples=64, progress=False)
+        int8 = calibrate_bundle(bundle, args.shared / "data" / "pool", Path(tmp) / "int8", backend="onnxruntime", samples=64, scope="all", progress=False)
         fp32, q = run_model(bundle, esc50, timed_runs=0).logits, run_model(int8, esc50, timed_runs=0).logits
     ranked = np.sort(fp32, axis=1)[:, ::-1]
     gap = ranked[:, 4] - ranked[:, 5]

@@ -46,7 +46,7 @@ def main() -> None:
     calibration = build_feature_set(work / "calibration", samples=64, **windows)
     held_out = build_feature_set(work / "held_out", samples=128, **windows)
     esc50 = build_feature_set(args.shared / "data" / "esc50" / "labels.csv", labels=bundle.labels, **windows)
-    ranking = [r for r in sensitivity(bundle, calibration, held_out, progress=False) if r["part"] != "other"]
+    ranking = [r for r in sensitivity(bundle, calibration, held_out, scope="all", progress=False) if r["part"] != "other"]
     for r in ranking:
         print(f"alone: {r['part']:16s} top-5 agreement {r['top5_agreement']:.3f}", flush=True)
     reference = run_model(bundle, esc50, timed_runs=0)
@@ -55,7 +55,7 @@ def main() -> None:
     for n in range(min(args.steps, len(ranking)) + 1):
         kept = [r["part"] for r in ranking[:n]]
         out = calibrate_bundle(bundle, work / "calibration", work / f"int8-{n}", backend="onnxruntime", samples=64,
-                               keep_fp=[f"/{part}/*" for part in kept], progress=False)
+                               keep_fp=[f"/{part}/*" for part in kept], scope="all", progress=False)
         run = run_model(out, esc50, timed_runs=0)
         fid, metrics = fidelity(reference, run), labelled_metrics(run.scores, esc50.targets)
         steps.append({"kept_in_float": kept, "top5_agreement": fid["top5_agreement"], "top1_agreement": fid["top1_agreement"],

@@ -39,7 +39,8 @@ def _int8_xml(key: str, fp32: Path, work: Path, pool: Path, int8_dir: Path | Non
         return int8_dir / key / "model.xml"
     from dymn_edge.calibration.calibrate import calibrate_bundle
 
-    return calibrate_bundle(fp32, pool, work / f"{key}-int8", backend="openvino", samples=32, progress=False, overwrite=True).require("openvino_xml")
+    return calibrate_bundle(fp32, pool, work / f"{key}-int8", backend="openvino", samples=32, scope="all", progress=False,
+                            overwrite=True).require("openvino_xml")
 
 
 def main() -> None:

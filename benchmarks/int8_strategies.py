@@ -65,7 +65,7 @@ def main() -> None:
             results[strategy] = {"fp32": {k: v for k, v in labelled_metrics(ref.scores, data.targets).items() if k != "per_class_ap"}}
             for backend in BACKENDS:
                 out = calibrate_bundle(fp32, pool, work / f"{strategy}-{backend}", backend=backend, samples=args.samples, seed=args.seed,
-                                      progress=False)
+                                      scope="all", progress=False)
                 run = run_model(out, data, backend="onnxruntime" if backend == "tensorrt" else backend, timed_runs=0)
                 fid = fidelity(ref, run)
                 metrics = labelled_metrics(run.scores, data.targets)

@@ -127,7 +127,7 @@ ref = run_model(emb, esc, timed_runs=0)
 qfp = run_model(fp, esc, timed_runs=0)
 print("QAT FP32 vs original FP32:", round(fidelity(ref, qfp)["top5_agreement"], 3), labelled_metrics(qfp.scores, esc.targets)["top5_hit"], labelled_metrics(qfp.scores, esc.targets)["map"], flush=True)
 for b, keep in [(b.split("+")[0], b.split("+")[1:]) for b in BACKENDS]:
-    out = calibrate_bundle(fp, str(SHARED) + "/data/pool", work / f"i8-{b}-{len(keep)}", backend=b, keep_fp=keep, samples=64, progress=False)
+    out = calibrate_bundle(fp, str(SHARED) + "/data/pool", work / f"i8-{b}-{len(keep)}", backend=b, keep_fp=keep, samples=64, scope="all", progress=False)
     run = run_model(out, esc, backend="onnxruntime" if b == "tensorrt" else b, timed_runs=0)
     m = labelled_metrics(run.scores, esc.targets)
     print(f"INT8 {b} keep={keep}: vs original FP32 {fidelity(ref, run)['top5_agreement']:.3f}, vs QAT FP32 {fidelity(qfp, run)['top5_agreement']:.3f}, hit {m['top5_hit']:.3f} mAP {m['map']:.4f}", flush=True)

@@ -96,7 +96,7 @@ def main() -> None:
                     for k in bundles:
                         q = bundles[k].manifest.get("quantization", {})
                         row = {"model": model, "backend": backend, "variant": k, "threads": threads, "ms": ms[k], "speedup": ms["fp32"] / ms[k],
-                               "quantized_layers": q.get("quantized_layers"), "method": q.get("method"), **accuracy.get(k, {})}
+                               "scope_layers": q.get("scope_layers"), "method": q.get("method"), **accuracy.get(k, {})}
                         rows.append(row)
                         acc = "" if k not in accuracy else (f"  top5 agr {row['top5_agreement'] or 1:.3f}  hit {row['top5_hit']:.3f}  "
                                                             f"mAP {row['map']:.3f}")

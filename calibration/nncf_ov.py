@@ -139,5 +139,5 @@ def quantize_openvino(
         raise CalibrationError(f"NNCF quantization of {model_path} failed: {e}") from e
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return {"method": method, "tool": f"nncf {nncf.__version__}", "preset": "mixed", "scope": scope, "samples": len(data),
-            "ignored_patterns": globs, "excluded_nodes": excluded, **({"quantized_layers": layers} if layers else {}),
+            "ignored_patterns": globs, "excluded_nodes": excluded, **({"scope_layers": layers} if layers else {}),
             "accuracy_control": control}

@@ -351,7 +351,7 @@ def quantize_qdq(
             fallback, method = method, "minmax"
             attempt(method)
     return {"method": method, "flavour": flavour, "scope": scope, "per_channel": True, "activations": activations, "weights": "int8",
-            "excluded_nodes": len(excluded), **({"quantized_layers": len(nodes_to_quantize)} if scope == "pointwise" else {}),
+            "excluded_nodes": len(excluded), **({"scope_layers": len(nodes_to_quantize)} if scope == "pointwise" else {}),
             "symmetric_activations": flavour == "tensorrt", "samples": len(data), **({"fallback_from": fallback} if fallback else {})}
 
 

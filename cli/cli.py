@@ -397,7 +397,7 @@ def calibrate(bundle, audio, out, backend, method, activations, keep_fp, scope, 
                               accuracy_control=accuracy_control, validation_audio=validation_audio, max_drop=max_drop,
                               tensorrt_version=tensorrt_version, overwrite=force)
     q = result.manifest["quantization"]
-    layers = f", {q['quantized_layers']} layers" if "quantized_layers" in q else ""
+    layers = f" of {q['scope_layers']} layers" if "scope_layers" in q else ""
     click.echo(f"{result.path}: INT8 for {backend} ({q['method']}, {q['scope']} scope{layers}{', uint8 activations' if activations == 'uint8' else ''}), "
                f"{q['windows']} windows from {q['files']} files"
                + (f", {len(q['skipped_files'])} skipped" if q["skipped_files"] else ""))

@@ -137,4 +137,4 @@ def test_calibrate_cli_activation_type(shared, tmp_path):
     proc = _cli("calibrate", embedded_bundle_path(), "--audio", shared / "data" / "pool", "--out", tmp_path / "u8", "--activations", "uint8",
                 "--samples", "16", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "pointwise scope, 30 layers, uint8 activations" in proc.stdout and load_bundle(tmp_path / "u8").manifest["quantization"]["activations"] == "uint8"
+    assert "pointwise scope of 30 layers, uint8 activations" in proc.stdout and load_bundle(tmp_path / "u8").manifest["quantization"]["activations"] == "uint8"

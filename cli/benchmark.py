@@ -72,7 +72,10 @@ def _candidates(spec: str, backends: list[str], strategies: list[str], threads: 
         if "torch" in backends and checkpoint is not None:
             out += [Candidate(bundle.name, "torch", "eager", t, str(checkpoint), bundle.manifest.get("temperature")) for t in threads]
         runnable = [b for b in backends if b != "torch" and (b != "fused" or bundle.file("fused_weights"))]
-        out += [Candidate(bundle.name, b, "fused" if b == "fused" else bundle.strategy_for(b), t, str(bundle.path))
+        # An INT8 bundle keeps its FP32 source's name: "-int8" on its strategy tells the rows apart, and
+        # keeps it from being taken for the FP32 "grouped" baseline.
+        precision = "" if bundle.precision == "fp32" else f"-{bundle.precision}"
+        out += [Candidate(bundle.name, b, "fused" if b == "fused" else bundle.strategy_for(b) + precision, t, str(bundle.path))
                 for b in runnable for t in threads]
         return out
     from dymn_edge.export.onnx import export_bundle
@@ -180,6 +183,10 @@ def run_benchmark(
         row["speedup_vs_eager"] = eager["median_ms"] / row["median_ms"] if eager else None
         row["speedup_vs_naive"] = naive["median_ms"] / row["median_ms"] if naive else None
         row["speedup_vs_grouped"] = grouped["median_ms"] / row["median_ms"] if grouped else None
+        # A quantized row against the FP32 row of the same model, backend and strategy, when both were given.
+        base, _, precision = row["strategy"].partition("-")
+        fp32 = next((r for r in same if r["backend"] == row["backend"] and r["strategy"] == base), None) if precision else None
+        row["speedup_vs_fp32"] = fp32["median_ms"] / row["median_ms"] if fp32 else None
     settings = {"batch": batch, "window_s": window_s, "rounds": rounds, "runs_per_round": runs_per_round,
                 "backends": backends, "strategies": strategies, "threads": threads, "input": "demo clip log-mel, looped to the window"}
     return {"machine": machine_info(), "settings": settings, "results": rows}

@@ -96,13 +96,16 @@ def print_benchmark(report: dict[str, Any]) -> None:
     console.print(f"{m['cpu']}, {m['cores']} cores; batch {s['batch']}, {s['window_s']:g} s window, "
                   f"{s['rounds']} interleaved rounds x {s['runs_per_round']} runs", soft_wrap=True)
     table = Table()
-    for col in ("model", "backend", "strategy", "thr", "median ms", "p90 ms", "win/s", "RTF", "peak RSS", "x eager", "x naive", "x grouped"):
+    quantized = any(r.get("speedup_vs_fp32") for r in report["results"])  # the column only when an INT8 row has its FP32 row
+    columns = ("model", "backend", "strategy", "thr", "median ms", "p90 ms", "win/s", "RTF", "peak RSS", "x eager", "x naive", "x grouped")
+    for col in columns + (("x fp32",) if quantized else ()):
         table.add_column(col, justify="left" if col in ("model", "backend", "strategy") else "right", overflow="fold")
     for r in report["results"]:
         ratio = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
         table.add_row(r["model"], r["backend"], r["strategy"], str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
                       f"{r['windows_per_s']:.0f}", f"{r['real_time_factor']:.5f}", f"{r['peak_rss_mb']:.0f} MB",
-                      ratio(r["speedup_vs_eager"]), ratio(r.get("speedup_vs_naive")), ratio(r["speedup_vs_grouped"]))
+                      ratio(r["speedup_vs_eager"]), ratio(r.get("speedup_vs_naive")), ratio(r["speedup_vs_grouped"]),
+                      *((ratio(r.get("speedup_vs_fp32")),) if quantized else ()))
     console.print(table)
 
 

@@ -46,6 +46,20 @@ def test_bench_exports_each_dymn_strategy_against_the_naive_and_grouped_baseline
     assert rows["matmul"]["speedup_vs_eager"] is None  # torch was not asked for
 
 
+def test_bench_tells_an_int8_bundle_from_its_fp32_source(tmp_path, shared):
+    """An INT8 bundle keeps its source's name; its rows say "-int8" and carry the ratio to the FP32
+    row measured in the same run, and it is never taken for a baseline."""
+    from dymn_edge.calibration.calibrate import calibrate_bundle
+
+    int8 = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", tmp_path / "int8", samples=16, progress=False)
+    proc = _bench(embedded_bundle_path(), int8.path, "--backend", "onnxruntime", "--threads", "1", "--rounds", "2", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["strategy"]: r for r in json.loads(proc.stdout)["results"]}
+    assert set(rows) == {"static", "static-int8"} and rows["static"]["model"] == rows["static-int8"]["model"] == "mn04_as"
+    assert rows["static"]["speedup_vs_fp32"] is None
+    assert abs(rows["static-int8"]["speedup_vs_fp32"] - rows["static"]["median_ms"] / rows["static-int8"]["median_ms"]) < 1e-9
+
+
 def test_bench_bad_input(tmp_path):
     proc = _bench("mn04_as", "--backend", "tflite", cwd=tmp_path)
     assert proc.returncode == 2 and "expected a comma-separated subset of torch, onnxruntime, openvino" in proc.stderr

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dymn_edge.runtime.audio import AUDIO_SUFFIXES, audio_files_in, load_audio, seconds_to_samples
+from dymn_edge.runtime.audio import AUDIO_SUFFIXES, audio_files_in, seconds_to_samples
 from dymn_edge.runtime.checksum import sha256_file
 from dymn_edge.runtime.errors import AudioFormatError, CalibrationError
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel
 from dymn_edge.runtime.labels import LabelSet
 from dymn_edge.runtime.registry import cache_dir
+from dymn_edge.runtime.tagging import file_blocks
 
 __all__ = ["AUDIO_SUFFIXES", "MIN_SAMPLES", "AudioList", "FeatureSet", "build_feature_set", "list_audio"]
 
@@ -114,19 +115,43 @@ def _file_features(path: Path, config: FrontendConfig, window_s: float, cache: P
         with np.load(cache / f"{key}.npz") as data:
             starts = list(data["starts"])
             return [data[f"f{i}"] for i in range(len(starts))], starts, bool(data["constant"])
-    wave = load_audio(path, config.sample_rate_hz)
-    constant = float(np.std(wave)) < 1e-4
-    window = seconds_to_samples(window_s, config.sample_rate_hz)
-    features, starts = [], []
-    for start in range(0, max(1, len(wave) - config.min_samples + 1), window):
-        piece = wave[start : start + window]
-        if len(piece) < config.min_samples:
-            break
-        features.append(log_mel(piece, config))
-        starts.append(start / config.sample_rate_hz)
+    features, starts, constant = _stream_features(path, config, window_s)
     if key:
         cache.mkdir(parents=True, exist_ok=True)
         np.savez(cache / f"{key}.npz", starts=np.asarray(starts), constant=constant, **{f"f{i}": f for i, f in enumerate(features)})
+    return features, starts, constant
+
+
+def _stream_features(path: Path, config: FrontendConfig, window_s: float) -> tuple[list[np.ndarray], list[float], bool]:
+    """Back-to-back windows of a file, decoded and resampled a second at a time (``tagging.file_blocks``,
+    bit-identical to ``load_audio``), so a long recording never sits in memory whole: decoded at
+    once, an hour at 32 kHz is 460 MB of samples before its features. A last, shorter piece is kept
+    if it spans at least one analysis frame."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such audio file")
+    rate = config.sample_rate_hz
+    window = seconds_to_samples(window_s, rate)
+    features, starts = [], []
+    held, start, total = np.zeros(0, np.float32), 0, 0  # held: samples [start, start + len(held))
+    moments = np.zeros(2)  # sum and sum of squares (float64), for the silent-or-constant check
+
+    def emit(piece: np.ndarray) -> None:
+        features.append(log_mel(piece, config))
+        starts.append(start / rate)
+
+    for block in file_blocks(path, rate):
+        total += len(block)
+        moments += (block.sum(dtype=np.float64), np.square(block, dtype=np.float64).sum())
+        held = np.concatenate([held, block])
+        while len(held) >= window:
+            emit(held[:window])
+            held, start = held[window:], start + window
+    if total == 0:
+        raise AudioFormatError(f"{path}: contains no audio samples")
+    if len(held) >= config.min_samples:
+        emit(held)
+    mean = moments[0] / total
+    constant = float(np.sqrt(max(moments[1] / total - mean * mean, 0.0))) < 1e-4
     return features, starts, constant
 
 

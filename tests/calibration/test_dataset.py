@@ -50,9 +50,28 @@ def test_cache_makes_the_second_run_skip_decoding(shared, monkeypatch):
     calls = []
     import dymn_edge.calibration.dataset as dataset
 
-    monkeypatch.setattr(dataset, "load_audio", lambda *a, **k: calls.append(a) or load_audio(*a, **k))
+    decode = dataset.file_blocks
+    monkeypatch.setattr(dataset, "file_blocks", lambda *a, **k: calls.append(a) or decode(*a, **k))
     second = build_feature_set(folder, window_s=10.0, progress=False, min_samples=1)
     assert not calls and all(np.array_equal(a, b) for a, b in zip(first.features, second.features))
+
+
+@pytest.mark.parametrize("window_s", [10.0, 3.3])
+def test_files_are_decoded_a_block_at_a_time_into_the_same_windows(shared, tmp_path, window_s):
+    """A 45.8 s stereo file at 44.1 kHz, read a second at a time: every window's features equal the
+    frontend on the whole-file decode's samples (bit for bit), the last shorter piece included. A
+    30-minute stereo file took 1550 MB decoded whole, 142 MB this way (docs/calibration.md)."""
+    from dymn_edge.runtime.audio import seconds_to_samples
+
+    brahms = shared / "data" / "streaming" / "brahms_hungarian_dance_5_us_army_strings.flac"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / brahms.name).symlink_to(brahms)
+    data = build_feature_set(tmp_path / "one", window_s=window_s, progress=False, min_samples=1, use_cache=False)
+    wave, window = load_audio(brahms), seconds_to_samples(window_s)
+    starts = list(range(0, len(wave), window))
+    assert [start for _, start in data.windows] == [s / 32000 for s in starts]
+    for feature, start in zip(data.features, starts):
+        np.testing.assert_array_equal(feature[0, 0], log_mel(wave[start:start + window]))
 
 
 def test_bad_input(tmp_path, shared):
@@ -64,10 +83,13 @@ def test_bad_input(tmp_path, shared):
         sf.write(folder / f"noise{i}.wav", 0.1 * rng.standard_normal(32000 * 12), 32000)
     (folder / "broken.wav").write_bytes(b"RIFF not really a wav")
     sf.write(folder / "silence.wav", np.zeros(32000 * 3), 32000)
-    with pytest.raises(CalibrationError, match=r"7 usable window\(s\) of 10 s from 4 file\(s\); need at least 16 .*1 file\(s\) skipped"):
+    sf.write(folder / "empty.wav", np.zeros(0), 32000)
+    with pytest.raises(CalibrationError, match=r"7 usable window\(s\) of 10 s from 4 file\(s\); need at least 16 .*2 file\(s\) skipped"):
         build_feature_set(folder, window_s=10.0, progress=False)
     data = build_feature_set(folder, window_s=10.0, progress=False, min_samples=1)
-    assert [p.rsplit("/", 1)[-1] for p, _ in data.skipped] == ["broken.wav"]  # skipped and listed, never silently
+    # skipped and listed, never silently, with the reason
+    assert [(p.rsplit("/", 1)[-1], "cannot read audio" in r or "no audio samples" in r) for p, r in data.skipped] == [
+        ("broken.wav", True), ("empty.wav", True)]
     assert any("silence.wav: silent or constant audio" in w for w in data.warnings)
     with pytest.raises(CalibrationError, match="--samples 3 is too few; need at least 16"):
         build_feature_set(shared / "data" / "esc50" / "labels.csv", window_s=10.0, samples=3, progress=False)

@@ -16,7 +16,7 @@ import numpy as np
 from dymn_edge.runtime.errors import CalibrationError
 from dymn_edge.runtime.labels import LabelSet
 
-from .validate import GATES
+from .validate import GATES, precision_label
 
 __all__ = ["write_report"]
 
@@ -57,7 +57,8 @@ def _plots(result: dict, folder: Path) -> dict[str, str]:
     plt.close(fig)
     files["logit_errors"] = "logit_errors.png"
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * (1 + len(cands))))
-    names = [f"{ref['name']} (reference, {ref['backend']}, {ref['precision']})"] + [f"{c['name']} ({c['backend']}, {c['precision']})" for c in cands]
+    names = ([f"{ref['name']} (reference, {ref['backend']}, {precision_label(ref)})"]
+             + [f"{c['name']} ({c['backend']}, {precision_label(c)})" for c in cands])
     values = [ref["latency_ms"]] + [c["latency_ms"] for c in cands]
     rows = np.arange(len(names))[::-1]  # reference on top; numeric rows, so equal names stay separate bars
     ax.barh(rows, values, color=["#555"] + ["#999"] * len(cands))
@@ -89,12 +90,12 @@ def _html(result: dict, plots: dict[str, str], labels: LabelSet) -> str:
     head = "".join(f"<th>{n}</th>" for n in ["model", "backend", "precision", "latency ms"] + metric_names + fidelity_names + ["gates"])
     def labelled(block, name):
         return _fmt(block[name]) if block else "–"
-    rows.append(f"<tr class=ref><td>{html.escape(ref['name'])} (reference)</td><td>{ref['backend']}</td><td>{ref['precision']}</td>"
+    rows.append(f"<tr class=ref><td>{html.escape(ref['name'])} (reference)</td><td>{ref['backend']}</td><td>{precision_label(ref)}</td>"
                 f"<td>{ref['latency_ms']:.2f}</td>" + "".join(f"<td>{labelled(ref['labelled'], n)}</td>" for n in metric_names)
                 + "".join("<td>–</td>" for _ in fidelity_names) + "<td></td></tr>")
     for c in cands:
         verdict = "<span class=ok>pass</span>" if c["passed"] else "<span class=bad>FAIL</span>"
-        rows.append(f"<tr><td>{html.escape(c['name'])}</td><td>{c['backend']}</td><td>{c['precision']}</td><td>{c['latency_ms']:.2f}</td>"
+        rows.append(f"<tr><td>{html.escape(c['name'])}</td><td>{c['backend']}</td><td>{precision_label(c)}</td><td>{c['latency_ms']:.2f}</td>"
                     + "".join(f"<td>{labelled(c['labelled'], n)}</td>" for n in metric_names)
                     + "".join(f"<td>{_fmt(c['fidelity'].get(n))}</td>" for n in fidelity_names) + f"<td>{verdict if c['gates'] else ''}</td></tr>")
     gate_rows = "".join(

@@ -69,6 +69,7 @@ class ModelRun:
     precision: str
     logits: np.ndarray  # (windows, classes)
     latency_ms: list[float] = field(default_factory=list)
+    scope: str | None = None  # an INT8 bundle's quantization scope (pointwise / all), from its manifest
 
     @property
     def scores(self) -> np.ndarray:
@@ -103,7 +104,13 @@ def run_model(spec: str | Path | Bundle, data: FeatureSet, *, backend: str | Non
         infer(probe)
         latencies.append((time.perf_counter() - start) * 1e3)
     # The folder tells bundles of one model apart (mn04_as FP32 / INT8 for each backend ...).
-    return ModelRun(bundle.path.name, str(bundle.path), backend, bundle.precision, logits, latencies)
+    scope = (bundle.manifest.get("quantization") or {}).get("scope")
+    return ModelRun(bundle.path.name, str(bundle.path), backend, bundle.precision, logits, latencies, scope)
+
+
+def precision_label(run: dict) -> str:
+    """"int8 (pointwise)" for a quantized model whose scope is known, else its precision."""
+    return f"{run['precision']} ({run['scope']})" if run.get("scope") else run["precision"]
 
 
 def labelled_metrics(scores: np.ndarray, targets: np.ndarray) -> dict:
@@ -148,7 +155,7 @@ def compare(reference: ModelRun, candidates: list[ModelRun], data: FeatureSet, g
             raise CalibrationError(f"{c.path}: {c.logits.shape[1]} classes; the reference {reference.path} has {reference.logits.shape[1]}")
     ref_labelled = labelled_metrics(reference.scores, data.targets) if data.targets is not None else None
     out = {"reference": {"name": reference.name, "path": reference.path, "backend": reference.backend, "precision": reference.precision,
-                         "latency_ms": reference.latency_median_ms, "labelled": ref_labelled},
+                         "scope": reference.scope, "latency_ms": reference.latency_median_ms, "labelled": ref_labelled},
            "candidates": []}
     for c in candidates:
         fid = fidelity(reference, c)
@@ -165,7 +172,7 @@ def compare(reference: ModelRun, candidates: list[ModelRun], data: FeatureSet, g
                 raise CalibrationError(f"gate {gate.name} needs labels (--labels CSV, or a CSV with a labels column as --audio)")
             results.append({"gate": gate.name, "threshold": gate.threshold, "value": value, "passed": gate.check(value),
                             "direction": "at most" if GATES[gate.name][0] == "max" else "at least"})
-        out["candidates"].append({"name": c.name, "path": c.path, "backend": c.backend, "precision": c.precision,
+        out["candidates"].append({"name": c.name, "path": c.path, "backend": c.backend, "precision": c.precision, "scope": c.scope,
                                   "latency_ms": c.latency_median_ms, "labelled": labelled, "fidelity": values, "gates": results,
                                   "passed": all(r["passed"] for r in results), "_arrays": fid})
     return out

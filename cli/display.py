@@ -133,6 +133,8 @@ def print_lint(bundle: Any, reports: list[Any]) -> None:
 
 def print_validation(result: dict[str, Any]) -> None:
     """Reference and candidates side by side: accuracy with labels, fidelity, latency, gates."""
+    from dymn_edge.calibration.validate import precision_label
+
     console = _console(min_width=150)
     ref = result["reference"]
     table = Table(title=f"validation: {result['settings']['windows']} windows from {result['settings']['files']} files", title_justify="left")
@@ -141,12 +143,12 @@ def print_validation(result: dict[str, Any]) -> None:
     def fmt(v, spec=".3f"):
         return "" if v is None else format(v, spec)
     lab = ref["labelled"] or {}
-    table.add_row(f"{ref['name']} (ref)", ref["backend"], ref["precision"], f"{ref['latency_ms']:.2f}", fmt(lab.get("map")), fmt(lab.get("top5_hit")),
+    table.add_row(f"{ref['name']} (ref)", ref["backend"], precision_label(ref), f"{ref['latency_ms']:.2f}", fmt(lab.get("map")), fmt(lab.get("top5_hit")),
                   "", "", "", "", "", "")
     for c in result["candidates"]:
         lab, fid = c["labelled"] or {}, c["fidelity"]
         gates = "" if not c["gates"] else ("[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]")
-        table.add_row(c["name"], c["backend"], c["precision"], f"{c['latency_ms']:.2f}", fmt(lab.get("map")), fmt(lab.get("top5_hit")),
+        table.add_row(c["name"], c["backend"], precision_label(c), f"{c['latency_ms']:.2f}", fmt(lab.get("map")), fmt(lab.get("top5_hit")),
                       fmt(fid["top1_agreement"]), fmt(fid["top5_agreement"]), fmt(fid["map_vs_reference"]), fmt(fid["mean_kl"], ".2e"),
                       fmt(fid["max_logit_error"], ".2f"), gates)
     console.print(table)

@@ -80,8 +80,10 @@ def test_gates_pass_for_int8_and_fail_for_a_broken_candidate(shared, tmp_path, i
     assert scrambled["labelled"]["map"] < 0.3 < int8["labelled"]["map"]
     assert {g["gate"] for g in int8["gates"]} == {"top5_agreement", "map_drop"}
     assert int8["latency_ms"] > 0 and report["settings"]["windows"] == 60
+    assert int8["scope"] == "pointwise" and ref["scope"] is None and scrambled["scope"] is None  # how each was quantized
+    assert "int8 (pointwise)" in proc.stdout
     html = (tmp_path / "report" / "report.html").read_text()
-    assert "Gates failed" in html and "scrambled" in html and "per_class_ap.png" in html
+    assert "Gates failed" in html and "scrambled" in html and "per_class_ap.png" in html and "<td>int8 (pointwise)</td>" in html
     for png in ("per_class_ap.png", "logit_errors.png", "latency.png"):
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -142,6 +142,23 @@ def test_openvino_accuracy_control_keeps_the_validation_metric(shared, tmp_path)
     assert 0.98 <= fid["top5_agreement"] and fid["max_logit_error"] > 0, fid  # INT8, yet within the allowed drop
 
 
+def test_strategy_warning_only_where_the_strategy_changes_what_is_quantized(shared, tmp_path, fixtures_dir, caplog):
+    """A `matmul` DyMN bundle quantizes less accurately than `grouped` with every layer in INT8, so
+    calibrating it with --scope all warns. In the pointwise scope both have the same static layers
+    in INT8, so it does not."""
+    pytest.importorskip("torch", reason="exporting a DyMN strategy needs torch")
+    from dymn_edge.export.onnx import export_bundle
+
+    fp32 = export_bundle(fixtures_dir / "dymn04_reference_weights.pt", tmp_path / "matmul", strategy="matmul", batch=1,
+                         include_checkpoint=False, verify_parity=False, fused=False)
+    warning = "exported with the matmul strategy, which quantizes less accurately than grouped"
+    for scope, warns in (("pointwise", False), ("all", True)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dymn_edge.calibration.calibrate"):
+            calibrate_bundle(fp32, shared / "data" / "pool", tmp_path / scope, samples=16, scope=scope, progress=False)
+        assert (warning in caplog.text) == warns, (scope, caplog.text)
+
+
 def test_dymn_batch_norm_scales_are_quantized_per_channel(shared, tmp_path, caplog):
     """DyMN's BatchNorms after run-time-weight convs stay in the graph; each channel's scale gets its own INT8 scale."""
     dymn = embedded_bundle_path().parent / "dymn04_edge"

@@ -108,8 +108,8 @@ def calibrate_bundle(
     onnx_path, strategy = bundle.int8_source(backend)
     # Measured on dymn04_edge (docs/calibration.md): with every layer quantized, grouped agrees best.
     # In the pointwise scope only the static layers are INT8, alike in grouped, matmul and hybrid
-    # (top-5 agreement 0.937 / 0.941 on ONNX Runtime for grouped / matmul); expanded still adds its
-    # K-fold convolutions to the scope and agrees less (0.930), at 3x the latency.
+    # (top-5 agreement 0.937 / 0.941 / 0.945 on ONNX Runtime); expanded still adds its K-fold
+    # convolutions to the scope and agrees less (0.930), at 3x the latency.
     if bundle.family == "dymn" and strategy != INT8_PREFERENCE[0] and (scope == "all" or strategy == "expanded"):
         logger.warning("%s was exported with the %s strategy, which quantizes less accurately than %s (docs/calibration.md); "
                        "export it with --strategy %s (fixed batch) or auto for a better INT8 model", bundle.path, strategy,

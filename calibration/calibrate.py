@@ -25,7 +25,7 @@ from dymn_edge.runtime.bundle import INT8_PREFERENCE, Bundle, derived_metadata, 
 from dymn_edge.runtime.errors import BundleError, CalibrationError
 
 from .dataset import FeatureSet, build_feature_set
-from .ort_qdq import SCOPES, collect_ranges, pointwise_layers, quantize_qdq
+from .ort_qdq import check_scope, collect_ranges, pointwise_layers, quantize_qdq
 
 __all__ = ["BACKENDS", "DEFAULT_METHODS", "DEFAULT_SCOPES", "calibrate_bundle", "sensitivity"]
 
@@ -90,8 +90,7 @@ def calibrate_bundle(
         raise CalibrationError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     defaulted, method = method is None, method or DEFAULT_METHODS[backend]
     scope = scope or DEFAULT_SCOPES[backend]
-    if scope not in SCOPES:
-        raise CalibrationError(f"unknown quantization scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    check_scope(scope)
     if activations not in ("int8", "uint8"):
         raise CalibrationError(f"unknown activation type {activations!r}; expected int8 or uint8")
     if activations == "uint8" and backend != "onnxruntime":

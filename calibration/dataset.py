@@ -126,7 +126,8 @@ def _stream_features(path: Path, config: FrontendConfig, window_s: float) -> tup
     """Back-to-back windows of a file, decoded and resampled a second at a time (``tagging.file_blocks``,
     bit-identical to ``load_audio``), so a long recording never sits in memory whole: decoded at
     once, an hour at 32 kHz is 460 MB of samples before its features. A last, shorter piece is kept
-    if it spans at least one analysis frame."""
+    if it spans at least one analysis frame. Not ``tagging.stream_windows``: that one ends its last
+    window at the file's end, overlapping the one before, and calibration wants disjoint windows."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such audio file")
     rate = config.sample_rate_hz

@@ -21,7 +21,7 @@ import numpy as np
 from dymn_edge.runtime.errors import BackendUnavailableError, CalibrationError
 
 from .dataset import FeatureSet
-from .ort_qdq import POINTWISE_MIN_CHANNELS, SCOPES, keep_fp_globs, kernel_aggregations, nodes_matching, pointwise_layers
+from .ort_qdq import check_scope, keep_fp_globs, kernel_aggregations, nodes_matching, pointwise_choice
 
 __all__ = ["quantize_openvino"]
 
@@ -75,8 +75,7 @@ def quantize_openvino(
     ``scope``: "all" (NNCF's choice of operators) or "pointwise" (only ``ort_qdq.pointwise_layers``;
     needs an ONNX model, whose node names NNCF's ignored scope can be given).
     """
-    if scope not in SCOPES:
-        raise CalibrationError(f"unknown quantization scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    check_scope(scope)
     if scope == "pointwise" and Path(model_path).suffix != ".onnx":
         raise CalibrationError(f"{model_path}: the pointwise scope is resolved on an ONNX model; this is {Path(model_path).suffix or 'no'} file")
     nncf, ov = _nncf()
@@ -106,11 +105,7 @@ def quantize_openvino(
         layers = None
         if scope == "pointwise":
             # NNCF has no list of nodes to quantize, only an ignored scope: every other node goes in it.
-            chosen = set(pointwise_layers(structure)) - set(names)
-            if not chosen:
-                raise CalibrationError(f"{model_path} has no layer to quantize in the pointwise scope (1x1 convolutions and "
-                                       f"matrix products with constant weights, {POINTWISE_MIN_CHANNELS}+ channels"
-                                       + (", outside --keep-fp" if keep_fp else "") + "); use --scope all")
+            chosen = set(pointwise_choice(structure, names, model_path, keep_fp))
             names = [n.name for n in structure.graph.node if n.name not in chosen and n.op_type != "Constant"]
             layers = len(chosen)
         patterns = ["^" + re.escape(name) + "(/.*)?$" for name in names]

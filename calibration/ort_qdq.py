@@ -29,8 +29,8 @@ from dymn_edge.runtime.lint import constant_tensors
 
 from .dataset import FeatureSet
 
-__all__ = ["METHODS", "KEEP_FP_PRESETS", "PERCENTILE", "POINTWISE_MIN_CHANNELS", "SCOPES", "collect_ranges", "keep_fp_globs",
-           "kernel_aggregations", "nodes_matching", "pointwise_layers", "quantize_qdq", "run_time_weight_nodes"]
+__all__ = ["METHODS", "KEEP_FP_PRESETS", "PERCENTILE", "POINTWISE_MIN_CHANNELS", "SCOPES", "check_scope", "collect_ranges", "keep_fp_globs",
+           "kernel_aggregations", "nodes_matching", "pointwise_choice", "pointwise_layers", "quantize_qdq", "run_time_weight_nodes"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,24 @@ def run_time_affine_norms(model) -> list[str]:
     return names
 
 
+def check_scope(scope: str) -> None:
+    """``scope`` is one of ``SCOPES``, or a CalibrationError that names it."""
+    if scope not in SCOPES:
+        raise CalibrationError(f"unknown quantization scope {scope!r}; expected one of {', '.join(SCOPES)}")
+
+
+def pointwise_choice(model, excluded: list[str], model_path, keep_fp: list[str], within: list[str] | None = None) -> list[str]:
+    """``pointwise_layers`` outside ``excluded`` (and inside ``within``, when given): what the pointwise
+    scope quantizes, for ONNX Runtime and NNCF alike. None left is an error that names ``model_path``."""
+    skip = set(excluded)
+    chosen = [n for n in pointwise_layers(model) if n not in skip and (within is None or n in within)]
+    if not chosen:
+        raise CalibrationError(f"{model_path} has no layer to quantize in the pointwise scope (1x1 convolutions and "
+                               f"matrix products with constant weights, {POINTWISE_MIN_CHANNELS}+ channels"
+                               + (", outside --keep-fp" if keep_fp else "") + "); use --scope all")
+    return chosen
+
+
 def pointwise_layers(model) -> list[str]:
     """Matrix products with constant weights, at least ``POINTWISE_MIN_CHANNELS`` wide on both sides:
     1x1 convolutions (group 1) and Gemm/MatMul. What the "pointwise" scope quantizes.
@@ -231,9 +249,12 @@ def pointwise_layers(model) -> list[str]:
     0.965 against 0.877. DyMN's dynamic convolutions have run-time weights, so only its static
     layers qualify, and its kernel aggregations never do. ``model``: an ONNX model or its path.
     """
+    import onnx
     from onnx import helper
 
-    graph = _graph(model)
+    if not isinstance(model, onnx.ModelProto):  # read once, for this and kernel_aggregations
+        model = onnx.load(str(model), load_external_data=False)
+    graph = model.graph
     shapes = {t.name: list(t.dims) for t in graph.initializer}
     shapes.update({n.output[0]: list(a.t.dims) for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
     aggregations = set(kernel_aggregations(model))
@@ -288,8 +309,7 @@ def quantize_qdq(
         raise CalibrationError(f"unknown QDQ flavour {flavour!r}")
     if activations not in ("int8", "uint8") or (activations == "uint8" and flavour != "onnxruntime"):
         raise CalibrationError(f"activations {activations!r} are not available for the {flavour} flavour")
-    if scope not in SCOPES:
-        raise CalibrationError(f"unknown quantization scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    check_scope(scope)
     fallback = None
     with tempfile.TemporaryDirectory() as tmp:
         source = _preprocess(Path(fp32_model), Path(tmp))
@@ -302,13 +322,7 @@ def quantize_qdq(
         always_fp += run_time_weight_nodes(structure) if flavour == "tensorrt" else []
         excluded += [n for n in always_fp if n not in excluded]
         if scope == "pointwise":
-            chosen = pointwise_layers(structure)
-            chosen = [n for n in chosen if n not in excluded and (nodes_to_quantize is None or n in nodes_to_quantize)]
-            if not chosen:
-                raise CalibrationError(f"{fp32_model} has no layer to quantize in the pointwise scope (1x1 convolutions and "
-                                       f"matrix products with constant weights, {POINTWISE_MIN_CHANNELS}+ channels"
-                                       + (", outside --keep-fp" if keep_fp else "") + "); use --scope all")
-            nodes_to_quantize = chosen
+            nodes_to_quantize = pointwise_choice(structure, excluded, fp32_model, keep_fp, within=nodes_to_quantize)
         options: dict = {"per_channel": True, "quant_format": q.QuantFormat.QDQ, "weight_type": q.QuantType.QInt8,
                          "activation_type": q.QuantType.QUInt8 if activations == "uint8" else q.QuantType.QInt8}
         # BatchNormalization after a run-time-weight conv (DyMN) cannot be folded, and ONNX Runtime

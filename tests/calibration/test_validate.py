@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,7 +18,11 @@ from dymn_edge.runtime.registry import embedded_bundle_path
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "dymn_edge", *map(str, args)], capture_output=True, text=True, timeout=900, cwd=cwd)
+    # rich wraps table titles at the terminal width, and the title holds the bundle's path: a wide
+    # console keeps the checks below independent of where the checkout sits.
+    env = {**os.environ, "COLUMNS": "240"}
+    return subprocess.run([sys.executable, "-m", "dymn_edge", *map(str, args)], capture_output=True, text=True, timeout=900, cwd=cwd,
+                          env=env)
 
 
 def _edited_bundle(tmp_path, name, edit, num_classes=None):
@@ -117,7 +122,8 @@ def test_sensitivity_ranks_the_parts(shared, tmp_path):
         proc = _cli("calibrate", embedded_bundle_path(), "--audio", shared / "data" / "pool", "--samples", "32", "--sensitivity",
                     "--scope", scope, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert "most harmful first" in proc.stdout and f"{scope} scope" in proc.stdout
+        text = " ".join(proc.stdout.split())
+        assert "most harmful first" in text and f"{scope} scope" in text, proc.stdout
         rows[scope] = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("│")}
     assert {"features.16", "classifier"} <= rows["pointwise"] and "features.0" not in rows["pointwise"]
     assert {"features.0", "features.16", "classifier"} <= rows["all"]

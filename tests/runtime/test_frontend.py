@@ -5,7 +5,7 @@ import pytest
 
 from dymn_edge.runtime.errors import AudioFormatError
 from dymn_edge.runtime.frontend import FrontendConfig, LogMel, kaldi_mel_banks, log_mel, n_frames
-from dymn_edge.runtime.frontend import _padded_window
+from dymn_edge.runtime.frontend import _BLOCK_FRAMES, _padded_window, frame_log_mel, preemphasized_padded, stft_segments
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,18 @@ def test_silence_is_the_documented_constant(reference):
 def test_frame_count(n_samples, rng):
     mel = log_mel(rng.standard_normal(n_samples).astype(np.float32) * 0.1)
     assert mel.shape == (128, n_frames(n_samples)) == (128, 1 + (n_samples - 1) // 320)
+
+
+@pytest.mark.parametrize("n_samples", [800, 1025, 1026, 1600, 20480, 20481, 20800, 21184, 21504, 41280, 320000, 320001, 1_000_003])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_wise_log_mel_equals_the_whole_clip_computation(n_samples, dtype, rng):
+    """log_mel pads and transforms one block of frames at a time (memory); every value must be the
+    one the whole padded clip gives, including the reflected frames at both ends and clips that end
+    just before, on and after a block boundary (64 frames = 20480 samples)."""
+    assert _BLOCK_FRAMES == 64
+    x = (rng.standard_normal(n_samples) * 0.3).astype(dtype)
+    whole = frame_log_mel(stft_segments(preemphasized_padded(x), n_frames(n_samples)), FrontendConfig()).T
+    assert np.array_equal(log_mel(x), whole)
 
 
 def test_ten_seconds_give_1000_frames():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hub, registry
+from . import registry
 from .bundle import MANIFEST_NAME, is_bundle
 from .errors import BundleError, UnknownModelError
 
@@ -60,6 +60,10 @@ def resolve_model(spec: str | Path | None = None, *, download: bool = True, base
         raise
     if card.embedded:
         return ModelSource("bundle", registry.embedded_bundle_path(name), name, card)
+    # Imported here: the download code brings http, ssl and rich's progress bars, ~10 MB of a
+    # tagging process's peak RSS that a local or embedded model never uses.
+    from . import hub
+
     cached = hub.cached_path(name)
     if cached is None:
         if not download:

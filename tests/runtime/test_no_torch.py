@@ -42,8 +42,9 @@ print(len(names))
     assert int(proc.stdout) >= 12
 
 
-def _tag_without_torch(tmp_path, *args) -> dict:
-    """`dymn-edge tag --json ARGS demo.flac` in an interpreter where torch cannot be imported; its JSON."""
+def _tag_without_torch(tmp_path, *args, check: str = "") -> dict:
+    """`dymn-edge tag --json ARGS demo.flac` in an interpreter where torch cannot be imported; its JSON.
+    ``check``: more Python run in that interpreter after the command."""
     argv = ["dymn-edge", "tag", "--json", *args, str(demo_clip_path())]
     code = f"""
 from dymn_edge.cli import main
@@ -53,6 +54,7 @@ try:
 except SystemExit as e:
     assert not e.code, e.code
 assert "torch" not in sys.modules
+{check}
 """
     proc = _run(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -71,20 +73,11 @@ def test_tag_on_the_embedded_bundle_runs_without_torch(tmp_path, backend):
 def test_tag_on_a_local_model_leaves_the_download_code_unloaded(tmp_path):
     """http, ssl and rich's progress bars cost a tagging process ~5 MB of peak RSS (dymn10 hybrid,
     142.0 -> 137.0 MB); only a registry name that is not embedded needs them."""
-    argv = ["dymn-edge", "tag", "--json", str(demo_clip_path())]
-    code = f"""
-from dymn_edge.cli import main
-sys.argv = {argv!r}
-try:
-    main()
-except SystemExit as e:
-    assert not e.code, e.code
-loaded = sorted({{"dymn_edge.runtime.hub", "http.client", "ssl", "rich.progress"}} & set(sys.modules))
+    check = """
+loaded = sorted({"dymn_edge.runtime.hub", "http.client", "ssl", "rich.progress"} & set(sys.modules))
 assert not loaded, loaded
 """
-    proc = _run(code, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["tags"][0]["label"] == "Whale vocalization"
+    assert _tag_without_torch(tmp_path, check=check)["tags"][0]["label"] == "Whale vocalization"
 
 
 def test_tag_with_the_fused_backend_runs_without_torch(tmp_path):

@@ -128,8 +128,6 @@ def _stream_features(path: Path, config: FrontendConfig, window_s: float) -> tup
     once, an hour at 32 kHz is 460 MB of samples before its features. A last, shorter piece is kept
     if it spans at least one analysis frame. Not ``tagging.stream_windows``: that one ends its last
     window at the file's end, overlapping the one before, and calibration wants disjoint windows."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such audio file")
     rate = config.sample_rate_hz
     window = seconds_to_samples(window_s, rate)
     features, starts = [], []
@@ -251,7 +249,9 @@ def build_feature_set(
             try:
                 feats, starts, constant = _file_features(path, config, window_s, cache)
             except (AudioFormatError, FileNotFoundError, OSError) as e:
-                skipped.append((str(path), str(e).split(": ", 1)[-1]))
+                # An OSError from opening the file (hashing it for the cache comes first) carries its
+                # reason in strerror; str() would end in the quoted path alone.
+                skipped.append((str(path), e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(": ", 1)[-1]))
                 bar.advance(task)
                 continue
             if constant:

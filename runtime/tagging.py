@@ -147,8 +147,11 @@ def file_blocks(path: str | Path, sample_rate_hz: int) -> Iterator[np.ndarray]:
     """Mono float32 blocks of an audio file at ``sample_rate_hz``, decoded and resampled a second at a time.
 
     The concatenated blocks equal ``load_audio``'s samples bit for bit: the channels are mixed by the
-    same ``to_mono``, and soxr's stream carries its filter state across blocks (tested).
+    same ``to_mono``, and soxr's stream carries its filter state across blocks (tested). A missing
+    file raises ``load_audio``'s FileNotFoundError, not the "cannot read audio" of a broken one.
     """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such audio file")
     source = FileSource(path)
     resampler = StreamResampler(source.sample_rate, sample_rate_hz)
     for _, block in source.blocks(threading.Event()):

@@ -97,6 +97,9 @@ def test_bad_input(tmp_path, shared):
     csv.write_text("path,labels\naudio/noise0.wav,Dog;Woof woof\naudio/noise1.wav,Laughter;Giggle monster\n")
     with pytest.raises(CalibrationError, match="labels not in the model's ontology: 'Giggle monster', 'Woof woof'"):
         build_feature_set(csv, window_s=10.0, labels=labels, progress=False, min_samples=1)
+    csv.write_text("path,labels\naudio/noise0.wav,Dog\naudio/gone.wav,Dog\n")
+    data = build_feature_set(csv, window_s=10.0, labels=labels, progress=False, min_samples=1)
+    assert [(p.rsplit("/", 1)[-1], r) for p, r in data.skipped] == [("gone.wav", "No such file or directory")]
     (tmp_path / "no_path.csv").write_text("name,labels\nx.wav,Dog\n")
     with pytest.raises(CalibrationError, match="needs a column named one of path, filename, file"):
         list_audio(tmp_path / "no_path.csv")

@@ -165,6 +165,12 @@ def test_file_blocks_are_load_audio_bit_for_bit(shared):
         np.testing.assert_array_equal(np.concatenate(list(file_blocks(path, 32000))), load_audio(path, 32000))
 
 
+def test_file_blocks_of_a_missing_file_say_so_as_load_audio_does(tmp_path):
+    for read in (lambda p: next(file_blocks(p, 32000)), lambda p: load_audio(p, 32000)):
+        with pytest.raises(FileNotFoundError, match="gone.flac: no such audio file"):
+            read(tmp_path / "gone.flac")
+
+
 def test_long_files_are_tagged_a_block_at_a_time_as_if_whole(tagger, shared, monkeypatch):
     """Over MAX_SINGLE_PASS_S (or with --window/--hop) a file is decoded and resampled a block at a
     time, so memory stays that of a window; the result equals tagging the whole decoded file."""

@@ -31,6 +31,7 @@ def features(window_s: float, batch: int) -> np.ndarray:
 
 
 def _runner(spec: dict, x: np.ndarray):
+    """(run once, name of the model file that runs)."""
     if spec["kind"] == "torch":
         import torch
 
@@ -44,12 +45,13 @@ def _runner(spec: dict, x: np.ndarray):
             with torch.inference_mode():
                 model(xt)
 
-        return run
+        return run, Path(spec["path"]).name
     from dymn_edge.runtime.backends import create_backend
     from dymn_edge.runtime.bundle import load_bundle
 
     backend = create_backend(spec["backend"], load_bundle(spec["path"]), threads=spec["threads"])
-    return lambda: backend.infer(x)
+    path = getattr(backend, "model_path", None)
+    return (lambda: backend.infer(x)), (Path(path).name if path else None)
 
 
 def peak_rss_mb() -> float:
@@ -70,10 +72,10 @@ def peak_rss_mb() -> float:
 def main() -> None:
     spec = json.loads(sys.argv[1])
     x = features(spec["window_s"], spec["batch"])
-    run = _runner(spec, x)
+    run, model_file = _runner(spec, x)
     for _ in range(spec.get("warmup", 5)):
         run()
-    print(json.dumps({"ready": True, "torch_loaded": "torch" in sys.modules}), flush=True)
+    print(json.dumps({"ready": True, "torch_loaded": "torch" in sys.modules, "model_file": model_file}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("stop"):

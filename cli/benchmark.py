@@ -46,6 +46,7 @@ class Candidate:
     ms: list[float] = field(default_factory=list)
     peak_rss_mb: float | None = None
     torch_loaded: bool | None = None
+    model_file: str | None = None  # which file of the bundle the backend ran (ONNX Runtime: model.onnx or model.nchwc.onnx)
 
     @property
     def label(self) -> str:
@@ -58,7 +59,7 @@ class Candidate:
             "model": self.model, "backend": self.backend, "strategy": self.strategy, "threads": self.threads,
             "median_ms": median, "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(ms.min()),
             "windows_per_s": batch * 1000.0 / median, "real_time_factor": median / 1000.0 / (window_s * batch),
-            "peak_rss_mb": self.peak_rss_mb, "torch_loaded": self.torch_loaded, "runs": len(ms),
+            "peak_rss_mb": self.peak_rss_mb, "torch_loaded": self.torch_loaded, "model_file": self.model_file, "runs": len(ms),
         }
 
 
@@ -125,7 +126,8 @@ def _start(c: Candidate, window_s: float, batch: int) -> subprocess.Popen:
     line = proc.stdout.readline()
     if not line:
         raise DymnEdgeError(f"benchmark worker for {c.label} failed to start: {proc.stderr.read().strip().splitlines()[-1:]}")
-    c.torch_loaded = json.loads(line)["torch_loaded"]
+    ready = json.loads(line)
+    c.torch_loaded, c.model_file = ready["torch_loaded"], ready.get("model_file")
     return proc
 
 

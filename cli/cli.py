@@ -199,11 +199,13 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
             timings = ", ".join(f"{s} {ms:.1f} ms" for s, ms in sorted(by_strategy.items(), key=lambda kv: kv[1]))
             click.echo(f"  auto: {backend} -> {choice['chosen'][backend]} ({timings}; {choice['threads']} thread)")
         click.echo(f"  auto: INT8 calibration -> {choice['int8']['strategy']} ({choice['int8']['file']}; it quantizes best, docs/calibration.md)")
-    fused = bundle.manifest.get("fused")
-    if fused:
-        parity = fused.get("max_abs_logit_diff")
-        checked = f"max |logit diff| vs PyTorch {parity:.1e}" if parity is not None else fused.get("parity_note", "parity not checked")
-        click.echo(f"  fused: {fused['file']} ({checked})" if fused["included"] else f"  fused: left out ({fused['reason']})")
+    for key, what in (("nchwc", "for ONNX Runtime on CPU"), ("fused", "")):
+        record = bundle.manifest.get(key)
+        if record:
+            parity = record.get("max_abs_logit_diff")
+            checked = f"max |logit diff| vs PyTorch {parity:.1e}" if parity is not None else record.get("parity_note", "parity not checked")
+            click.echo(f"  {key}: {record['file']} ({what + '; ' if what else ''}{checked})" if record["included"]
+                       else f"  {key}: left out ({record['reason']})")
     verdicts = ", ".join(f"{t} {'pass' if v['passed'] else 'FAIL'}" for t, v in bundle.manifest.get("lint", {}).items())
     click.echo(f"  lint: {verdicts}")
 

@@ -102,7 +102,9 @@ def print_benchmark(report: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col in ("model", "backend", "strategy") else "right", overflow="fold")
     for r in report["results"]:
         ratio = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
-        table.add_row(r["model"], r["backend"], r["strategy"], str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
+        # ONNX Runtime on CPU runs a bundle's model.nchwc.onnx where it has one (export/nchwc.py).
+        strategy = r["strategy"] + (" (nchwc)" if r.get("model_file") == "model.nchwc.onnx" else "")
+        table.add_row(r["model"], r["backend"], strategy, str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
                       f"{r['windows_per_s']:.0f}", f"{r['real_time_factor']:.5f}", f"{r['peak_rss_mb']:.0f} MB",
                       ratio(r["speedup_vs_eager"]), ratio(r.get("speedup_vs_naive")), ratio(r["speedup_vs_grouped"]),
                       *((ratio(r.get("speedup_vs_fp32")),) if quantized else ()))

@@ -42,14 +42,18 @@ def measure_strategies(
     threads: int = 1,
     rounds: int = 5,
     runs_per_round: int = 4,
+    own: dict[str, dict[str, Path]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Median latency (ms) of each strategy's ONNX file on each installed backend: {backend: {strategy: ms}}.
 
-    Backends that are not installed are skipped (logged); at least ONNX Runtime always is.
+    ``own``: {backend: {strategy: file}} where a backend runs another form of that strategy's graph
+    (ONNX Runtime's model.nchwc.onnx). Backends that are not installed are skipped (logged); at
+    least ONNX Runtime always is.
     """
     runners: dict[tuple[str, str], object] = {}
     for backend in backends:
         for strategy, path in models.items():
+            path = (own or {}).get(backend, {}).get(strategy, path)
             try:
                 runners[backend, strategy] = _runner(backend, path, threads, features.shape[-1])
             except BackendUnavailableError as e:

@@ -20,6 +20,7 @@ from torch import nn
 
 from dymn_edge import __version__
 from dymn_edge.runtime.audio import load_audio, seconds_to_samples
+from dymn_edge.runtime.backends.onnxruntime import NCHWC_FILE
 from dymn_edge.runtime.bundle import INT8_PREFERENCE, Bundle, onnx_payload, write_bundle
 from dymn_edge.runtime.errors import ExportError
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel, n_frames
@@ -272,6 +273,7 @@ def export_bundle(
             strategy = choice["chosen"]["onnxruntime"]
         stage = Path(tmp) / "stage"
         files = onnx_payload(exported[strategy], stage, "model.onnx", "onnx")
+        nchwc_record = _nchwc_payload(files, probes, expected if verify_parity else None) if family == "dymn" else None
         if choice and choice["chosen"].get("openvino", strategy) != strategy:
             files.update(onnx_payload(exported[choice["chosen"]["openvino"]], stage, "model.openvino.onnx", "onnx_openvino"))
         if choice:
@@ -305,6 +307,7 @@ def export_bundle(
             "source": {"file": loaded.path.name, "sha256": loaded.sha256},
             **({"strategy_choice": {**choice, "parity": parities}} if choice else {}),
             **({"fused": fused_record} if fused_record else {}),
+            **({"nchwc": nchwc_record} if nchwc_record else {}),
             **(extra or {}),
         }
         bundle = write_bundle(dest, files, metadata, labels=labels, overwrite=overwrite)
@@ -346,6 +349,37 @@ def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.n
     return record
 
 
+def _nchwc_payload(files: dict, probes: list[np.ndarray], expected: list[np.ndarray] | None) -> dict[str, Any]:
+    """Add ``model.nchwc.onnx`` (``nchwc.py``: ONNX Runtime's blocked depthwise form) beside the staged model.onnx.
+
+    It shares model.onnx.data. Left out, with the reason in the manifest, when the graph has no
+    depthwise convolution with run-time kernels, when this machine's ONNX Runtime cannot load it
+    (its blocked kernels exist for x86 only), or when it misses parity with PyTorch (``expected``;
+    None skips the check, for throwaway exports).
+    """
+    from .nchwc import write_nchwc
+
+    portable = files["model.onnx"][0]
+    dest = portable.with_name(NCHWC_FILE)
+    blocked = write_nchwc(portable, dest, probes[0])
+    if not blocked.rewritten:
+        return {"included": False, "reason": "no depthwise convolution with run-time kernels"}
+    record: dict[str, Any] = {"included": True, "file": NCHWC_FILE, "rewritten": len(blocked.rewritten),
+                              "left_out": blocked.left_out, "max_abs_logit_diff": None}
+    if expected is not None:
+        try:
+            worst = measure_parity(dest, probes, expected)
+        except Exception as e:  # onnxruntime's own untyped error: no NCHWc kernels in this build
+            logger.info("no %s: this ONNX Runtime cannot run it (%s)", NCHWC_FILE, _first_line(e))
+            return {"included": False, "reason": f"this machine's ONNX Runtime cannot run it: {_first_line(e)}"}
+        record["max_abs_logit_diff"] = worst
+        if worst > PARITY_ATOL:
+            logger.warning("%s differs from PyTorch by %.2e in logits; left out", NCHWC_FILE, worst)
+            return {"included": False, "reason": f"differs from PyTorch by {worst:.2e} in logits (tolerance {PARITY_ATOL:.0e})"}
+    files[NCHWC_FILE] = (dest, "onnx_nchwc")
+    return record
+
+
 def _lint(bundle: Bundle) -> Bundle:
     """Record in the manifest which deployment targets the graph passes (``dymn-edge lint`` shows why)."""
     from dymn_edge.runtime.bundle import load_bundle
@@ -374,13 +408,33 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
 
     from .auto import fastest, measure_strategies
 
+    from .nchwc import write_nchwc
+
+    # ONNX Runtime is timed on the form it will run: model.nchwc.onnx where that loads here.
+    blocked = {}
+    for strategy, path in exported.items():
+        dest = path.with_name(f"{path.stem}.nchwc.onnx")
+        if write_nchwc(path, dest, features).rewritten and _loads_in_onnxruntime(dest):
+            blocked[strategy] = dest
     threads = 1
-    timings = measure_strategies(exported, features, threads=threads)
+    timings = measure_strategies(exported, features, threads=threads, own={"onnxruntime": blocked})
     chosen = fastest(timings)
     logger.info("auto strategy: %s (median ms: %s)", chosen, timings)
     return {"method": "fastest median latency of the parity-checked strategies, measured at export",
             "threads": threads, "input_shape": list(features.shape), "timings_ms": timings, "chosen": chosen,
+            "onnxruntime_nchwc": sorted(blocked),
             "rejected": failures, "machine": machine_info()}
+
+
+def _loads_in_onnxruntime(path: Path) -> bool:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own untyped error: no NCHWc kernels in this build
+        logger.info("%s does not load here: %s", path.name, _first_line(e))
+        return False
+    return True
 
 
 def _int8_choice(exported: dict[str, Path], choice: dict[str, Any], files: dict, stage: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ Layout::
       manifest.json
       model.onnx        role "onnx"
       model.onnx.data   role "onnx_data" (the weights as ONNX external data; bundles before 0.1 inline them)
+      model.nchwc.onnx  role "onnx_nchwc" (optional: model.onnx in ONNX Runtime's blocked CPU form, reading model.onnx.data)
       model.openvino.onnx  role "onnx_openvino" (+ ".data"; optional: --strategy auto chose another strategy for OpenVINO)
       model.int8.onnx   role "onnx_int8" (+ ".data"; optional: the strategy INT8 calibration starts from, when no FP32 model above has it)
       model.fp32.onnx   role "onnx_fp32" (+ ".data"; TensorRT INT8 bundles: the FP32 graph its calibration.cache describes)
@@ -55,7 +56,7 @@ FORMAT_NAME = "dymn-edge-bundle"
 FORMAT_VERSION = 1
 # What a payload file is for; a bundle holds at most one file per role.
 ROLES = (
-    "onnx", "onnx_data", "onnx_openvino", "onnx_openvino_data", "onnx_int8", "onnx_int8_data", "onnx_fp32", "onnx_fp32_data", "checkpoint", "labels",
+    "onnx", "onnx_data", "onnx_nchwc", "onnx_openvino", "onnx_openvino_data", "onnx_int8", "onnx_int8_data", "onnx_fp32", "onnx_fp32_data", "checkpoint", "labels",
     "openvino_xml", "openvino_bin", "tensorrt_engine", "calibration_cache", "fused_weights",
 )
 
@@ -208,6 +209,9 @@ def _check_manifest(manifest: Any, where: Path) -> None:
     duplicated = {r for r in roles if roles.count(r) > 1}
     if duplicated:
         raise BundleError(f"{where}: more than one file with role(s) {sorted(duplicated)}")
+    if "onnx_nchwc" in roles and "onnx" not in roles:
+        # It is a faster form of model.onnx for one backend and reads its weights file; never the only model.
+        raise BundleError(f"{where}: an 'onnx_nchwc' file needs the portable 'onnx' model beside it")
     if not set(roles) & set(MODEL_ROLES):
         raise BundleError(f"{where}: bundle lists no model file (one of roles {MODEL_ROLES})")
     fused = manifest.get("fused")
@@ -215,6 +219,9 @@ def _check_manifest(manifest: Any, where: Path) -> None:
     # record too; three writers do, and this keeps a fourth from claiming a file it lacks.
     if isinstance(fused, dict) and fused.get("included") and "fused_weights" not in roles:
         raise BundleError(f"{where}: manifest 'fused' says {fused.get('file')!r} is included, but no file has role 'fused_weights'")
+    nchwc = manifest.get("nchwc")
+    if isinstance(nchwc, dict) and nchwc.get("included") and "onnx_nchwc" not in roles:
+        raise BundleError(f"{where}: manifest 'nchwc' says {nchwc.get('file')!r} is included, but no file has role 'onnx_nchwc'")
 
 
 def _check_file_name(name: str, where: Path) -> None:
@@ -344,11 +351,12 @@ _PROTECTED = ("format", "format_version", "files")
 def derived_metadata(manifest: dict[str, Any], *, drop: tuple[str, ...] = (), keep_fused: bool = False) -> dict[str, Any]:
     """Manifest keys for a bundle made from another one (INT8, an IR, an engine, a benchmark copy).
 
-    Leaves out what ``write_bundle`` writes itself, the keys in ``drop``, and the ``fused`` record
-    unless the new bundle carries model.fused.npz too (``keep_fused``): a record of a file the bundle
-    lacks is refused when it loads.
+    Leaves out what ``write_bundle`` writes itself, the keys in ``drop``, the ``fused`` record
+    unless the new bundle carries model.fused.npz too (``keep_fused``), and the ``nchwc`` record (a
+    derived bundle's graph is not the one model.nchwc.onnx was made from): a record of a file the
+    bundle lacks is refused when it loads.
     """
-    gone = {*_PROTECTED, *drop, *(() if keep_fused else ("fused",))}
+    gone = {*_PROTECTED, *drop, "nchwc", *(() if keep_fused else ("fused",))}
     return {k: v for k, v in manifest.items() if k not in gone}
 
 

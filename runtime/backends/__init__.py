@@ -46,9 +46,9 @@ def create_backend(name: str, bundle: Bundle, *, threads: int | None = None, dev
 
 def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None, spin: bool = True) -> Backend:
     if name == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeBackend
+        from .onnxruntime import open_onnxruntime
 
-        return OnnxRuntimeBackend(bundle.require("onnx"), threads=threads, spin=spin)
+        return open_onnxruntime(bundle.require("onnx"), bundle.file("onnx_nchwc"), threads=threads, spin=spin)
     if name == "openvino":
         from .openvino import OpenVinoBackend
 

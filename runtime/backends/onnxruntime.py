@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
 
-__all__ = ["OnnxRuntimeBackend", "preferred_providers"]
+__all__ = ["NCHWC_ENV", "NCHWC_FILE", "OnnxRuntimeBackend", "open_onnxruntime", "preferred_providers"]
 
 logger = logging.getLogger(__name__)
+
+NCHWC_FILE = "model.nchwc.onnx"  # export/nchwc.py: model.onnx with ONNX Runtime's blocked depthwise kernels
+NCHWC_ENV = "DYMN_EDGE_NCHWC"  # "0": run the portable model.onnx even where model.nchwc.onnx would load
 
 # Execution providers in order of preference; only those this onnxruntime build has are used
 # (onnxruntime-gpu on a Jetson or an NVIDIA GPU has TensorRT and CUDA; PyPI's CPU wheel has neither).
@@ -60,7 +64,7 @@ class OnnxRuntimeBackend:
         self.max_batch = self.input_shape[0]
         self.output_name = self.session.get_outputs()[0].name
         self.output_shape = [d if isinstance(d, int) else None for d in self.session.get_outputs()[0].shape]
-        self.model_path = model_path
+        self.model_path = Path(model_path)
         self.providers = self.session.get_providers()
         logger.info(
             "onnxruntime %s: input %s %s, providers %s, threads %s",
@@ -73,3 +77,25 @@ class OnnxRuntimeBackend:
             return self.session.run([self.output_name], {self.input_name: features})[0]
         except Exception as e:  # onnxruntime's errors are untyped; they mean model and input disagree
             raise BundleError(f"{self.model_path}: onnxruntime rejected input of shape {features.shape}: {e}") from e
+
+
+def open_onnxruntime(portable: str | Path, nchwc: str | Path | None = None, *, threads: int | None = None,
+                     spin: bool = True) -> OnnxRuntimeBackend:
+    """The bundle's model in ONNX Runtime: ``nchwc`` (model.nchwc.onnx) where it runs, else ``portable``.
+
+    The blocked form is for the CPU provider alone (its operators exist nowhere else) and needs an
+    ONNX Runtime build with NCHWc kernels (x86 with AVX2 or AVX-512); anywhere else, and with
+    DYMN_EDGE_NCHWC=0, the portable model.onnx runs. Both compute the same logits (export checks
+    each against PyTorch); ``backend.model_path`` says which one runs.
+    """
+    if nchwc is not None and os.environ.get(NCHWC_ENV, "1") != "0":
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
+        if preferred_providers(ort.get_available_providers()) == ["CPUExecutionProvider"]:
+            try:
+                return OnnxRuntimeBackend(nchwc, threads=threads, spin=spin)
+            except BundleError as e:
+                logger.info("running %s instead of %s: %s", Path(portable).name, Path(nchwc).name, e)
+    return OnnxRuntimeBackend(portable, threads=threads, spin=spin)

@@ -112,6 +112,10 @@ def test_auto_strategy_measures_every_backend_and_records_the_choice(fixtures_di
         assert bundle.strategy_for(backend) == choice["chosen"][backend]
     assert all(p < 1e-4 for p in choice["parity"].values())
     assert bundle.export_strategy == choice["chosen"]["onnxruntime"] and choice["machine"]["cores"] >= 1
+    # ONNX Runtime was timed on the blocked form of each strategy that has run-time depthwise kernels,
+    # which is what it runs from the bundle.
+    assert choice["onnxruntime_nchwc"] == ["grouped", "hybrid", "matmul"]
+    assert bundle.manifest["nchwc"]["included"] == (bundle.export_strategy != "expanded")
     # OpenVINO runs its own choice when it differs; both run the fixture to parity.
     has_own = choice["chosen"].get("openvino", bundle.export_strategy) != bundle.export_strategy
     assert (bundle.file("onnx_openvino") is not None) == has_own

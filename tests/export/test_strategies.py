@@ -5,6 +5,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from dymn_edge.export.nchwc import write_nchwc
 from dymn_edge.export.onnx import export_onnx
 from dymn_edge.export.strategies import STRATEGIES, prepare_for_export
 from dymn_edge.train.checkpoint import load_checkpoint
@@ -31,11 +32,21 @@ def dymn10(fixtures_dir):
     return seeded_reference_model(DyMNConfig(width_mult=1.0), torch.from_numpy(inputs)), inputs
 
 
-def _runners(path, threads=1):
+def _ort_runner(path, threads=1):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    runners = {"onnxruntime": lambda x: session.run(["logits"], {"mel": x})[0]}
+    return lambda x: session.run(["logits"], {"mel": x})[0]
+
+
+def _runners(path, features, runtime_depthwise, threads=1):
+    runners = {"onnxruntime": _ort_runner(path, threads)}
+    # The same graph with ONNX Runtime's blocked depthwise kernels (model.nchwc.onnx in a bundle),
+    # for every strategy that keeps depthwise kernels computed at run time.
+    blocked = write_nchwc(path, path.with_name(path.stem + ".nchwc.onnx"), features)
+    assert bool(blocked.rewritten) == runtime_depthwise, blocked
+    if blocked.rewritten:
+        runners["onnxruntime-nchwc"] = _ort_runner(path.with_name(path.stem + ".nchwc.onnx"), threads)
     try:
         import openvino as ov
     except ImportError:
@@ -50,7 +61,9 @@ def _check(model, inputs, strategy, batch, tmp_path):
         expected = model(torch.from_numpy(inputs))[0].numpy()
     path = export_onnx(model, tmp_path / f"{strategy}-{batch}.onnx", strategy=strategy, batch=batch)
     batches = [inputs[i : i + 1] for i in range(3)] if batch == 1 else [inputs] if batch == 3 else [inputs[:1], inputs]
-    for backend, run in _runners(path).items():
+    # A dynamic batch, and expanded, give every depthwise dynamic conv constant K-kernel banks.
+    runtime_depthwise = strategy != "expanded" and batch is not None
+    for backend, run in _runners(path, batches[0], runtime_depthwise).items():
         for x in batches:
             rows = [i for i in range(3) if any(np.array_equal(x[j], inputs[i]) for j in range(len(x)))]
             err = np.abs(run(x) - expected[rows]).max()

@@ -1,0 +1,163 @@
+"""ONNX Runtime's blocked form of depthwise convolutions whose kernels are computed at run time.
+
+ONNX Runtime's CPU provider moves a convolution into its blocked channel layout (NCHWc: 8 or 16
+channels per block, by the CPU's vector width), where depthwise convolutions have a fast kernel,
+only when the weights are constants, because it reorders them once at load. DyMN's depthwise
+kernels are aggregated per input, so ONNX Runtime runs them through im2col and one GEMM per
+channel: 3-4x slower than the blocked kernel at dymn10's shapes. ``nchwc_graph`` writes the same
+graph with those convolutions as ONNX Runtime's own NCHWc operators (domain com.microsoft.nchwc)
+and lets the operator that reorders activations reorder the kernel too, at run time: a (1, C, k, k)
+tensor in NCHWc order is exactly the layout the depthwise kernel reads, whatever the block size,
+so one file serves AVX2 and AVX-512 machines. dymn10 ``hybrid``, 1 thread, 10 s window:
+20.3 -> 17.4 ms (docs/benchmarks.md).
+
+The result runs only in ONNX Runtime, on CPUs whose build has those kernels (x86 with AVX2 or
+AVX-512), so it ships beside the portable model.onnx, never instead of it: the runtime tries it on
+the CPU provider and falls back to model.onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = ["NCHWC_DOMAIN", "BlockedGraph", "nchwc_graph", "runtime_kernel_shapes", "write_nchwc"]
+
+logger = logging.getLogger(__name__)
+
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+# Channels are padded to a multiple of the largest block (AVX-512: 16 floats); AVX2's 8 divides it.
+# The kernel's attributes (group) must name the padded count, so it cannot follow the machine's block.
+_CHANNEL_MULTIPLE = 16
+
+
+class BlockedGraph(NamedTuple):
+    model: onnx.ModelProto
+    rewritten: list[str]  # node names now in the blocked form
+    left_out: list[str]  # run-time-kernel depthwise convolutions kept as they were, and why
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _runtime_kernel_convs(model: onnx.ModelProto) -> dict[int, onnx.NodeProto]:
+    """{node index: node} of the grouped convolutions whose kernel is computed in the graph."""
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return {i: n for i, n in enumerate(graph.node) if n.op_type == "Conv" and n.domain in ("", "ai.onnx")
+            and len(n.input) > 1 and n.input[1] not in constants and _attributes(n).get("group", 1) > 1}
+
+
+def runtime_kernel_shapes(model: onnx.ModelProto, features: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """Shapes of the run-time kernels of ``model`` (weights loaded), measured by running it once on ``features``.
+
+    ONNX's shape inference leaves them open where a Reshape with -1 builds the kernel from the
+    attention's output, and whether a convolution is depthwise depends on them.
+    """
+    import onnxruntime as ort
+
+    names = list(dict.fromkeys(n.input[1] for n in _runtime_kernel_convs(model).values()))
+    if not names:
+        return {}
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(names, {session.get_inputs()[0].name: features})
+    return {name: tuple(v.shape) for name, v in zip(names, values)}
+
+
+def _is_depthwise(node: onnx.NodeProto, kernel: tuple[int, ...] | None) -> bool:
+    """One input and one output channel per group, a 2-D kernel and explicit pads: what the blocked kernel runs."""
+    attrs = _attributes(node)
+    return (kernel is not None and len(kernel) == 4 and kernel[0] == attrs["group"] and kernel[1] == 1
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+
+
+def nchwc_graph(model: onnx.ModelProto, kernel_shapes: dict[str, tuple[int, ...]]) -> BlockedGraph:
+    """``model`` with its run-time-kernel depthwise convolutions in ONNX Runtime's blocked form.
+
+    The first strided one stays as it is: it reads the largest activation (the stem's resolution),
+    and its blocked copy raised a dymn10 session's peak by 6 MB for 0.6 ms (docs/benchmarks.md).
+    ``kernel_shapes``: ``runtime_kernel_shapes`` of the same graph. Other nodes, and initializers
+    (external data included), are left untouched, so ``model`` may be loaded without its weights.
+    A model without such convolutions comes back unchanged, with ``rewritten`` empty.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: the caller's model stays portable
+    graph = model.graph
+    depthwise = {i for i, n in _runtime_kernel_convs(model).items() if _is_depthwise(n, kernel_shapes.get(n.input[1]))}
+    nodes: list[onnx.NodeProto] = []
+    rewritten: list[str] = []
+    left_out: list[str] = []
+    strided_seen = False
+    for index, node in enumerate(graph.node):
+        if index not in depthwise:
+            nodes.append(node)
+            continue
+        attrs = _attributes(node)
+        strided = any(s > 1 for s in attrs.get("strides", [1]))
+        if strided and not strided_seen:
+            strided_seen = True
+            left_out.append(f"{node.name or node.output[0]}: the first strided one (largest input)")
+            nodes.append(node)
+            continue
+        nodes += _blocked(node, attrs, kernel_shapes[node.input[1]], prefix=f"nchwc{index}", graph=graph)
+        rewritten.append(node.name or node.output[0])
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        if not any(o.domain == NCHWC_DOMAIN for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(NCHWC_DOMAIN, 1))
+    return BlockedGraph(model, rewritten, left_out)
+
+
+def _blocked(node: onnx.NodeProto, attrs: dict, kernel: tuple[int, ...], *, prefix: str, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Reorder input and kernel to NCHWc, convolve there, reorder back; channels padded with zeros."""
+    channels, _, kh, kw = kernel
+    padded = -(-channels // _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
+    x, w = node.input[0], node.input[1]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+
+    def const(name: str, values: list[int]) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), f"{prefix}_{name}"))
+        return f"{prefix}_{name}"
+
+    out = [helper.make_node("Reshape", [w, const("kernel_as_image", [1, channels, kh, kw])], [f"{prefix}_w4"])]
+    w4 = f"{prefix}_w4"
+    if padded != channels:
+        extra = padded - channels
+        pad4 = const("pad_channels", [0, 0, 0, 0, 0, extra, 0, 0])
+        out += [helper.make_node("Pad", [w4, pad4], [f"{prefix}_w4p"]), helper.make_node("Pad", [x, pad4], [f"{prefix}_xp"])]
+        w4, x = f"{prefix}_w4p", f"{prefix}_xp"
+        if bias:
+            out.append(helper.make_node("Pad", [bias, const("pad_bias", [0, extra])], [f"{prefix}_bp"]))
+            bias = f"{prefix}_bp"
+    conv_attrs = {k: v for k, v in attrs.items() if k != "auto_pad"}
+    conv_attrs["group"] = padded
+    out += [
+        helper.make_node("ReorderInput", [w4], [f"{prefix}_wb4"], domain=NCHWC_DOMAIN),
+        helper.make_node("Reshape", [f"{prefix}_wb4", const("kernel_shape", [padded, 1, kh, kw])], [f"{prefix}_wb"]),
+        helper.make_node("ReorderInput", [x], [f"{prefix}_xb"], domain=NCHWC_DOMAIN),
+        helper.make_node("Conv", [f"{prefix}_xb", f"{prefix}_wb", *([bias] if bias else [])], [f"{prefix}_yb"],
+                         name=node.name, domain=NCHWC_DOMAIN, **conv_attrs),
+        helper.make_node("ReorderOutput", [f"{prefix}_yb"], [node.output[0]], domain=NCHWC_DOMAIN, channels=channels),
+    ]
+    return out
+
+
+def write_nchwc(source: str | Path, dest: str | Path, features: np.ndarray) -> BlockedGraph:
+    """``nchwc_graph`` of the ONNX file ``source``, written to ``dest`` when it rewrote anything.
+
+    Weights that ``source`` keeps as external data stay there and are referenced by the same
+    relative name, so ``dest`` must sit beside ``source``'s data file.
+    """
+    shapes = runtime_kernel_shapes(onnx.load(str(source)), features)
+    blocked = nchwc_graph(onnx.load(str(source), load_external_data=False), shapes)
+    if blocked.rewritten:
+        onnx.save(blocked.model, str(dest))
+    return blocked

@@ -1,0 +1,195 @@
+"""model.nchwc.onnx: ONNX Runtime's blocked form of run-time-kernel depthwise convolutions.
+
+Parity of every strategy x batch is in test_strategies.py; here: which convolutions are rewritten,
+what the bundle records, and which file the runtime runs.
+"""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from dymn_edge.export.nchwc import NCHWC_DOMAIN, nchwc_graph, runtime_kernel_shapes
+from dymn_edge.export.onnx import export_bundle
+from dymn_edge.runtime.backends import create_backend
+from dymn_edge.runtime.backends.onnxruntime import NCHWC_ENV, NCHWC_FILE
+from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
+from dymn_edge.runtime.errors import BundleError
+from dymn_edge.train.checkpoint import load_checkpoint
+
+
+def _conv_graph(channels=24, multiplier=1, strides=(1, 1), auto_pad=None, bias=True, second_strided=False):
+    """x (1, C, 20, 30) and a kernel fed as a graph input (so it is a run-time tensor) into one grouped Conv."""
+    k = 3
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 20, 30]),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, [channels * multiplier, 1, k, k])]
+    conv_inputs = ["x", "w"]
+    if bias:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [channels * multiplier]))
+        conv_inputs.append("b")
+    attrs = {"group": channels, "kernel_shape": [k, k], "strides": list(strides)}
+    attrs.update({"auto_pad": auto_pad} if auto_pad else {"pads": [1, 1, 1, 1]})
+    nodes = [helper.make_node("Conv", conv_inputs, ["y"], name="dw", **attrs)]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if second_strided:
+        nodes.append(helper.make_node("Conv", ["y", "w"], ["z"], name="dw2", group=channels, kernel_shape=[k, k],
+                                      strides=[2, 2], pads=[1, 1, 1, 1]))
+        outputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model, feeds):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _feeds(channels=24, multiplier=1, bias=True, seed=0):
+    rng = np.random.default_rng(seed)
+    feeds = {"x": rng.standard_normal((1, channels, 20, 30), dtype=np.float32),
+             "w": rng.standard_normal((channels * multiplier, 1, 3, 3), dtype=np.float32)}
+    if bias:
+        feeds["b"] = rng.standard_normal(channels * multiplier, dtype=np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("channels", [16, 24, 7])
+def test_depthwise_with_a_run_time_kernel_runs_blocked_and_exactly(channels):
+    """24 and 7 channels are padded to 32 and 16 (kernel, input and bias) and cut back by ReorderOutput."""
+    model, feeds = _conv_graph(channels), _feeds(channels)
+    blocked = nchwc_graph(model, {"w": (channels, 1, 3, 3)})
+    assert blocked.rewritten == ["dw"] and blocked.left_out == []
+    ops = [(n.domain, n.op_type) for n in blocked.model.graph.node]
+    assert (NCHWC_DOMAIN, "Conv") in ops and ("", "Conv") not in ops
+    assert any(n.op_type == "Pad" for n in blocked.model.graph.node) == (channels % 16 != 0)
+    expected = _run(model, feeds)
+    got = _run(blocked.model, feeds)
+    assert got.shape == expected.shape == (1, channels, 20, 30)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert [n.op_type for n in model.graph.node] == ["Conv"]  # the caller's model is left portable
+
+
+def test_only_depthwise_convolutions_with_explicit_pads_are_rewritten():
+    # A depth multiplier of 2 is grouped but not depthwise: the blocked kernel would read it wrongly.
+    assert nchwc_graph(_conv_graph(16, multiplier=2), {"w": (32, 1, 3, 3)}).rewritten == []
+    assert nchwc_graph(_conv_graph(16, auto_pad="SAME_UPPER"), {"w": (16, 1, 3, 3)}).rewritten == []
+    # Without a measured kernel shape nothing is assumed.
+    assert nchwc_graph(_conv_graph(16), {}).rewritten == []
+
+
+def test_the_first_strided_depthwise_convolution_stays_plain():
+    model = _conv_graph(16, strides=(2, 2), bias=False, second_strided=True)
+    blocked = nchwc_graph(model, {"w": (16, 1, 3, 3)})
+    assert blocked.rewritten == ["dw2"] and blocked.left_out == ["dw: the first strided one (largest input)"]
+    feeds = _feeds(16, bias=False)
+    np.testing.assert_allclose(_run(blocked.model, feeds), _run(model, feeds), atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_shapes_are_measured_by_running_the_graph():
+    """Only kernels computed in the graph count; a constant kernel is ONNX Runtime's own business."""
+    w_value = np.random.default_rng(1).standard_normal((24, 1, 3, 3), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w0"], value=onnx.numpy_helper.from_array(w_value)),
+         helper.make_node("Relu", ["w0"], ["w"]),
+         helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=24, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["y", "w0"], ["z"], name="constant", group=24, kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, 20, 30])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    computed = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = _feeds(24)["x"]
+    shapes = runtime_kernel_shapes(computed, x)
+    assert shapes == {"w": (24, 1, 3, 3)}
+    blocked = nchwc_graph(computed, shapes)
+    assert blocked.rewritten == ["dw"]
+    np.testing.assert_allclose(_run(blocked.model, {"x": x}), _run(computed, {"x": x}), atol=1e-4, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def dymn04_bundle(fixtures_dir, tmp_path_factory):
+    weights = fixtures_dir / "dymn04_reference_weights.pt"
+    probe = np.load(fixtures_dir / "dymn04_reference.npz")["input"]
+    bundle = export_bundle(weights, tmp_path_factory.mktemp("nchwc") / "dymn04", include_checkpoint=False, probe=probe,
+                           strategy="hybrid", fused=False)
+    return bundle, probe, weights
+
+
+def test_export_writes_the_blocked_form_beside_the_portable_model(dymn04_bundle):
+    bundle, probe, weights = dymn04_bundle
+    record = bundle.manifest["nchwc"]
+    assert record["included"] and record["file"] == NCHWC_FILE and bundle.file("onnx_nchwc") == bundle.path / NCHWC_FILE
+    assert record["max_abs_logit_diff"] < 1e-4 and record["rewritten"] > 0 and len(record["left_out"]) == 1
+    # It shares model.onnx.data: the bundle's one copy of the weights.
+    graph = onnx.load(str(bundle.path / NCHWC_FILE), load_external_data=False).graph
+    locations = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    assert sum(n.domain == NCHWC_DOMAIN and n.op_type == "Conv" for n in graph.node) == record["rewritten"]
+    # The portable model.onnx keeps standard operators only (lint checks it for every target).
+    assert all(n.domain in ("", "ai.onnx") for n in onnx.load(str(bundle.require("onnx")), load_external_data=False).graph.node)
+
+
+def test_the_runtime_runs_the_blocked_form_on_cpu_and_the_portable_one_on_request(dymn04_bundle, monkeypatch):
+    bundle, probe, weights = dymn04_bundle
+    with torch.no_grad():
+        expected = load_checkpoint(weights).model(torch.from_numpy(probe[:1]))[0].numpy()
+    blocked = create_backend("onnxruntime", bundle, threads=1)
+    assert blocked.model_path.name == NCHWC_FILE
+    monkeypatch.setenv(NCHWC_ENV, "0")
+    portable = create_backend("onnxruntime", bundle, threads=1)
+    assert portable.model_path.name == "model.onnx"
+    for backend in (blocked, portable):
+        assert np.abs(backend.infer(probe[:1]) - expected).max() < 1e-4
+
+
+def test_a_blocked_file_this_onnxruntime_cannot_load_falls_back_to_model_onnx(dymn04_bundle, tmp_path, caplog):
+    """As on a CPU whose ONNX Runtime build has no NCHWc kernels: the portable model runs, and the log says why."""
+    bundle, probe, _ = dymn04_bundle
+    unloadable = tmp_path / NCHWC_FILE
+    model = onnx.load(str(bundle.path / NCHWC_FILE), load_external_data=False)
+    next(n for n in model.graph.node if n.domain == NCHWC_DOMAIN).op_type = "NoSuchKernel"
+    onnx.save(model, str(unloadable))
+    files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items() if name != NCHWC_FILE}
+    files[NCHWC_FILE] = (unloadable, "onnx_nchwc")
+    copy = write_bundle(tmp_path / "copy", files, derived_metadata(bundle.manifest) | {"nchwc": bundle.manifest["nchwc"]},
+                        labels=bundle.labels)
+    with caplog.at_level(logging.INFO, logger="dymn_edge.runtime.backends.onnxruntime"):
+        backend = create_backend("onnxruntime", copy, threads=1)
+    assert backend.model_path.name == "model.onnx"
+    assert f"running model.onnx instead of {NCHWC_FILE}" in caplog.text and "NoSuchKernel" in caplog.text
+    reference = create_backend("onnxruntime", bundle, threads=1)
+    np.testing.assert_allclose(backend.infer(probe[:1]), reference.infer(probe[:1]), atol=1e-5)
+
+
+def test_bundles_that_misstate_the_blocked_file_are_refused(dymn04_bundle, tmp_path):
+    bundle, _, _ = dymn04_bundle
+    missing = tmp_path / "missing"
+    shutil.copytree(bundle.path, missing)
+    manifest = json.loads((missing / "manifest.json").read_text())
+    del manifest["files"][NCHWC_FILE]
+    (missing / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="'nchwc' says 'model.nchwc.onnx' is included, but no file has role 'onnx_nchwc'"):
+        load_bundle(missing)
+    alone = tmp_path / "alone"
+    shutil.copytree(bundle.path, alone)
+    manifest = json.loads((alone / "manifest.json").read_text())
+    del manifest["files"]["model.onnx"]
+    (alone / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="an 'onnx_nchwc' file needs the portable 'onnx' model beside it"):
+        load_bundle(alone)
+    # Bundles made from this one (INT8, IR, engine) run other graphs: the record stays behind.
+    assert "nchwc" not in derived_metadata(bundle.manifest)
+
+
+def test_strategies_without_run_time_depthwise_kernels_record_why(fixtures_dir, tmp_path):
+    weights = fixtures_dir / "dymn04_reference_weights.pt"
+    probe = np.load(fixtures_dir / "dymn04_reference.npz")["input"]
+    bundle = export_bundle(weights, tmp_path / "expanded", include_checkpoint=False, probe=probe, strategy="expanded",
+                           fused=False)
+    assert bundle.manifest["nchwc"] == {"included": False, "reason": "no depthwise convolution with run-time kernels"}
+    assert bundle.file("onnx_nchwc") is None
+    assert create_backend("onnxruntime", bundle, threads=1).model_path.name == "model.onnx"

@@ -28,6 +28,7 @@ def test_bench_json_on_the_embedded_bundle(tmp_path):
     assert eager["speedup_vs_eager"] == 1.0 and abs(ort["speedup_vs_eager"] - eager["median_ms"] / ort["median_ms"]) < 1e-9
     # The bundle worker never loads torch, and its peak memory is its own, not the parent's.
     assert ort["torch_loaded"] is False and eager["torch_loaded"] is True
+    assert ort["model_file"] == "model.onnx" and eager["model_file"].endswith(".pt")  # mn04_as has no run-time kernels
     assert 30 < ort["peak_rss_mb"] < eager["peak_rss_mb"]
 
 
@@ -44,6 +45,9 @@ def test_bench_exports_each_dymn_strategy_against_the_naive_and_grouped_baseline
     for row in rows.values():
         assert abs(row["speedup_vs_naive"] - rows["naive"]["median_ms"] / row["median_ms"]) < 1e-9
     assert rows["matmul"]["speedup_vs_eager"] is None  # torch was not asked for
+    # ONNX Runtime runs our exports' blocked form (model.nchwc.onnx); the naive export has none.
+    assert {s: r["model_file"] for s, r in rows.items()} == {"naive": "model.onnx", "grouped": "model.nchwc.onnx",
+                                                             "matmul": "model.nchwc.onnx"}
 
 
 def test_bench_tells_an_int8_bundle_from_its_fp32_source(tmp_path, shared):

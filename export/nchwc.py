@@ -19,6 +19,7 @@ the CPU provider and falls back to model.onnx.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["NCHWC_DOMAIN", "BlockedGraph", "nchwc_graph", "runtime_kernel_shapes", "write_nchwc"]
+__all__ = ["NCHWC_DOMAIN", "BlockedGraph", "nchwc_graph", "add_nchwc_graph", "runtime_kernel_shapes", "write_nchwc"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,3 +162,41 @@ def write_nchwc(source: str | Path, dest: str | Path, features: np.ndarray) -> B
     if blocked.rewritten:
         onnx.save(blocked.model, str(dest))
     return blocked
+
+
+def add_nchwc_graph(bundle_path: str | Path, model=None, probes: list[np.ndarray] | None = None):
+    """Re-write a bundle exported before model.nchwc.onnx existed with it added; the other files stay as they are.
+
+    ``model``: the bundle's own PyTorch model, to check the new graph against (default: the bundle's
+    checkpoint, when it has one; without either the check is skipped and the manifest says so).
+    """
+    import tempfile
+
+    from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
+    from dymn_edge.runtime.errors import ExportError
+
+    from .onnx import _nchwc_payload, _parity_probes, reference_logits
+
+    bundle = load_bundle(bundle_path)
+    if bundle.file("onnx_data") is None:
+        raise ExportError(f"{bundle.path}: its model.onnx holds its weights inline; export it again to get model.nchwc.onnx")
+    if model is None and bundle.file("checkpoint") is not None:
+        from dymn_edge.train.checkpoint import load_checkpoint
+
+        model = load_checkpoint(bundle.require("checkpoint")).model
+    batch = bundle.manifest["inputs"][0]["shape"][0]
+    probes = probes if probes is not None else _parity_probes(batch if isinstance(batch, int) else None, bundle.window_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp)
+        # The new graph is checked beside the weights file it names (a copy: onnx refuses symlinks).
+        shutil.copyfile(bundle.require("onnx"), stage / "model.onnx")
+        shutil.copyfile(bundle.require("onnx_data"), stage / "model.onnx.data")
+        files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items()
+                 if entry["role"] != "onnx_nchwc"}
+        staged = {"model.onnx": (stage / "model.onnx", "onnx")}
+        record = _nchwc_payload(staged, probes, reference_logits(model.eval(), probes) if model is not None else None)
+        if not record["included"]:
+            raise ExportError(f"{bundle.path}: no model.nchwc.onnx: {record['reason']}")
+        files[record["file"]] = staged[record["file"]]
+        metadata = derived_metadata(bundle.manifest, keep_fused=True)
+        return write_bundle(bundle.path, files, {**metadata, "nchwc": record}, overwrite=True)

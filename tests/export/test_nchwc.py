@@ -15,12 +15,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from dymn_edge.export.nchwc import NCHWC_DOMAIN, nchwc_graph, runtime_kernel_shapes
+from dymn_edge.export.nchwc import NCHWC_DOMAIN, add_nchwc_graph, nchwc_graph, runtime_kernel_shapes
 from dymn_edge.export.onnx import export_bundle
 from dymn_edge.runtime.backends import create_backend
 from dymn_edge.runtime.backends.onnxruntime import NCHWC_ENV, NCHWC_FILE
 from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
-from dymn_edge.runtime.errors import BundleError
+from dymn_edge.runtime.errors import BundleError, ExportError
+from dymn_edge.runtime.registry import embedded_bundle_path
 from dymn_edge.train.checkpoint import load_checkpoint
 
 
@@ -193,3 +194,25 @@ def test_strategies_without_run_time_depthwise_kernels_record_why(fixtures_dir, 
     assert bundle.manifest["nchwc"] == {"included": False, "reason": "no depthwise convolution with run-time kernels"}
     assert bundle.file("onnx_nchwc") is None
     assert create_backend("onnxruntime", bundle, threads=1).model_path.name == "model.onnx"
+
+
+def test_a_bundle_exported_before_it_existed_gets_the_blocked_form_added(dymn04_bundle, tmp_path):
+    bundle, probe, weights = dymn04_bundle
+    older = tmp_path / "older"
+    shutil.copytree(bundle.path, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["files"][NCHWC_FILE], manifest["nchwc"]
+    (older / NCHWC_FILE).unlink()
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    assert create_backend("onnxruntime", load_bundle(older), threads=1).model_path.name == "model.onnx"
+    onnx_bytes = (older / "model.onnx").read_bytes()
+    added = add_nchwc_graph(older, load_checkpoint(weights).model, probes=[probe[:1]])
+    assert added.manifest["nchwc"]["included"] and added.manifest["nchwc"]["max_abs_logit_diff"] < 1e-4
+    assert added.manifest["nchwc"]["rewritten"] == bundle.manifest["nchwc"]["rewritten"]
+    assert (older / "model.onnx").read_bytes() == onnx_bytes
+    assert create_backend("onnxruntime", added, threads=1).model_path.name == NCHWC_FILE
+    # The embedded mn04_as predates external data: its model.onnx holds the weights, which the
+    # blocked graph could only share by copying them.
+    inline = shutil.copytree(embedded_bundle_path("mn04_as"), tmp_path / "inline")
+    with pytest.raises(ExportError, match="holds its weights inline; export it again"):
+        add_nchwc_graph(inline)

@@ -206,5 +206,5 @@ def add_fused_weights(bundle_path: str | Path, model: DyMN | MobileNetV3, probes
         record = _fused_payload(model.eval(), files, Path(tmp), probes)
         if not record["included"]:
             raise ExportError(f"{bundle.path}: no fused weights: {record['reason']}")
-        metadata = derived_metadata(bundle.manifest)
+        metadata = derived_metadata(bundle.manifest, keep_nchwc=True)
         return write_bundle(bundle.path, files, {**metadata, "fused": record}, overwrite=True)

@@ -348,15 +348,16 @@ def onnx_payload(src: str | Path, stage: Path, name: str, role: str) -> dict[str
 _PROTECTED = ("format", "format_version", "files")
 
 
-def derived_metadata(manifest: dict[str, Any], *, drop: tuple[str, ...] = (), keep_fused: bool = False) -> dict[str, Any]:
+def derived_metadata(manifest: dict[str, Any], *, drop: tuple[str, ...] = (), keep_fused: bool = False,
+                     keep_nchwc: bool = False) -> dict[str, Any]:
     """Manifest keys for a bundle made from another one (INT8, an IR, an engine, a benchmark copy).
 
     Leaves out what ``write_bundle`` writes itself, the keys in ``drop``, the ``fused`` record
-    unless the new bundle carries model.fused.npz too (``keep_fused``), and the ``nchwc`` record (a
-    derived bundle's graph is not the one model.nchwc.onnx was made from): a record of a file the
-    bundle lacks is refused when it loads.
+    unless the new bundle carries model.fused.npz too (``keep_fused``), and the ``nchwc`` record
+    unless it carries model.nchwc.onnx and model.onnx unchanged (``keep_nchwc``): a record of a
+    file the bundle lacks is refused when it loads.
     """
-    gone = {*_PROTECTED, *drop, "nchwc", *(() if keep_fused else ("fused",))}
+    gone = {*_PROTECTED, *drop, *(() if keep_fused else ("fused",)), *(() if keep_nchwc else ("nchwc",))}
     return {k: v for k, v in manifest.items() if k not in gone}
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from dymn_edge.export.fused import add_fused_weights
 from dymn_edge.export.nchwc import NCHWC_DOMAIN, add_nchwc_graph, nchwc_graph, runtime_kernel_shapes
 from dymn_edge.export.onnx import export_bundle
 from dymn_edge.runtime.backends import create_backend
@@ -211,6 +212,9 @@ def test_a_bundle_exported_before_it_existed_gets_the_blocked_form_added(dymn04_
     assert added.manifest["nchwc"]["rewritten"] == bundle.manifest["nchwc"]["rewritten"]
     assert (older / "model.onnx").read_bytes() == onnx_bytes
     assert create_backend("onnxruntime", added, threads=1).model_path.name == NCHWC_FILE
+    # Adding the fused weights afterwards keeps the record of the blocked graph (and the reverse, above).
+    both = add_fused_weights(older, load_checkpoint(weights).model, probes=[probe[:1]])
+    assert both.manifest["nchwc"] == added.manifest["nchwc"] and both.file("onnx_nchwc") and both.file("fused_weights")
     # The embedded mn04_as predates external data: its model.onnx holds the weights, which the
     # blocked graph could only share by copying them.
     inline = shutil.copytree(embedded_bundle_path("mn04_as"), tmp_path / "inline")

@@ -354,7 +354,7 @@ def _nchwc_payload(files: dict, probes: list[np.ndarray], expected: list[np.ndar
 
     It shares model.onnx.data. Left out, with the reason in the manifest, when the graph has no
     depthwise convolution with run-time kernels, when this machine's ONNX Runtime cannot load it
-    (its blocked kernels exist for x86 only), or when it misses parity with PyTorch (``expected``;
+    (a build without the blocked kernels), or when it misses parity with PyTorch (``expected``;
     None skips the check, for throwaway exports).
     """
     from .nchwc import write_nchwc
@@ -407,7 +407,6 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
     from dymn_edge.runtime.machine import machine_info
 
     from .auto import fastest, measure_strategies
-
     from .nchwc import write_nchwc
 
     # ONNX Runtime is timed on the form it will run: model.nchwc.onnx where that loads here.

@@ -84,7 +84,7 @@ def open_onnxruntime(portable: str | Path, nchwc: str | Path | None = None, *, t
     """The bundle's model in ONNX Runtime: ``nchwc`` (model.nchwc.onnx) where it runs, else ``portable``.
 
     The blocked form is for the CPU provider alone (its operators exist nowhere else) and needs an
-    ONNX Runtime build with NCHWc kernels (x86 with AVX2 or AVX-512); anywhere else, and with
+    ONNX Runtime build with NCHWc kernels (its x86 builds; verified with AVX-512); anywhere else, and with
     DYMN_EDGE_NCHWC=0, the portable model.onnx runs. Both compute the same logits (export checks
     each against PyTorch); ``backend.model_path`` says which one runs.
     """

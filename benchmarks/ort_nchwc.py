@@ -1,4 +1,4 @@
-"""A bundle's model.onnx against its model.nchwc.onnx in ONNX Runtime, side by side (export/nchwc.py).
+"""A bundle's model.onnx against its model.nchwc.onnx in ONNX Runtime, side by side (runtime/nchwc.py).
 
 Both files of each bundle run in this one process, in interleaved rounds of 5 runs, on the demo
 clip's log-mel looped to the bundle's window; the medians and their ratio are printed per thread count.

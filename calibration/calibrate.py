@@ -44,6 +44,7 @@ DEFAULT_METHODS = {"onnxruntime": "percentile", "openvino": "minmax", "tensorrt"
 # 1.22x faster than FP32 on OpenVINO where the whole model ran 0.82x, and agrees better with FP32.
 # TensorRT picks each layer's precision itself from the Q/DQ it is given, and GPUs run depthwise
 # convolutions in INT8 well, so it gets every layer it can run in INT8.
+NCHWC_ATOL = 1e-4  # model.nchwc.onnx against the INT8 model.onnx: the same quantized tensors, float rounding apart
 DEFAULT_SCOPES = {"onnxruntime": "pointwise", "openvino": "pointwise", "tensorrt": "all"}
 
 
@@ -117,12 +118,14 @@ def calibrate_bundle(
                              samples=samples, seed=seed, progress=progress)
     logger.info("calibrating on %d windows from %d files (%d skipped)", len(data), len(data.files), len(data.skipped))
     extra: dict = {}
+    nchwc_record = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if backend == "onnxruntime":
             info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), fallback_to_minmax=defaulted,
                                 activations=activations, scope=scope)
             files = onnx_payload(tmp / "model.onnx", tmp, "model.onnx", "onnx")
+            nchwc_record = _nchwc_payload(files, data) if bundle.family == "dymn" else None
         elif backend == "openvino":
             from .nncf_ov import quantize_openvino
 
@@ -168,6 +171,8 @@ def calibrate_bundle(
         # Nor do its fused weights, which stay behind (the fused backend runs FP32).
         metadata = derived_metadata(bundle.manifest, drop=("lint", "openvino", "parity", "strategy_choice"))
         metadata["precision"] = "int8"
+        if nchwc_record:
+            metadata["nchwc"] = nchwc_record
         if bundle.family == "dymn":
             metadata["export_strategy"] = strategy
         metadata["quantization"] = {
@@ -182,6 +187,26 @@ def calibrate_bundle(
         lint_bundle(out, ["tensorrt", "onnxruntime"] if backend == "tensorrt" else ["onnxruntime"], int8=True)
         out = load_bundle(out.path)
     return out
+
+
+def _nchwc_payload(files: dict, data: FeatureSet) -> dict:
+    """Add model.nchwc.onnx (runtime/nchwc.py) for the depthwise convolutions the INT8 model keeps in float
+    with kernels computed at run time, checked against the INT8 model.onnx itself on two calibration windows."""
+    import onnxruntime as ort
+
+    from dymn_edge.runtime.nchwc import stage_nchwc
+
+    portable = files["model.onnx"][0]
+    session = ort.InferenceSession(str(portable), providers=["CPUExecutionProvider"])
+    batch = session.get_inputs()[0].shape[0]
+    batch = batch if isinstance(batch, int) else 1
+    probes = [np.concatenate(data.features[i : i + batch]) for i in range(0, min(len(data), 2 * batch) - batch + 1, batch)]
+    expected = [session.run(None, {session.get_inputs()[0].name: x})[0] for x in probes]
+    # Both graphs quantize the same tensors with the same scales; only float rounding may differ.
+    record, path = stage_nchwc(portable, probes, expected, reference="model.onnx", atol=NCHWC_ATOL)
+    if path is not None:
+        files[path.name] = (path, "onnx_nchwc")
+    return record
 
 
 def _group(node_name: str) -> str:

@@ -102,7 +102,7 @@ def print_benchmark(report: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col in ("model", "backend", "strategy") else "right", overflow="fold")
     for r in report["results"]:
         ratio = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
-        # ONNX Runtime on CPU runs a bundle's model.nchwc.onnx where it has one (export/nchwc.py).
+        # ONNX Runtime on CPU runs a bundle's model.nchwc.onnx where it has one (runtime/nchwc.py).
         strategy = r["strategy"] + (" (nchwc)" if r.get("model_file") == "model.nchwc.onnx" else "")
         table.add_row(r["model"], r["backend"], strategy, str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
                       f"{r['windows_per_s']:.0f}", f"{r['real_time_factor']:.5f}", f"{r['peak_rss_mb']:.0f} MB",

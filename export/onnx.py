@@ -20,7 +20,6 @@ from torch import nn
 
 from dymn_edge import __version__
 from dymn_edge.runtime.audio import load_audio, seconds_to_samples
-from dymn_edge.runtime.backends.onnxruntime import NCHWC_FILE
 from dymn_edge.runtime.bundle import INT8_PREFERENCE, Bundle, onnx_payload, write_bundle
 from dymn_edge.runtime.errors import ExportError
 from dymn_edge.runtime.frontend import FrontendConfig, log_mel, n_frames
@@ -31,7 +30,7 @@ from dymn_edge.train.checkpoint import LoadedModel, load_checkpoint
 
 from .strategies import STRATEGIES, prepare_for_export
 
-__all__ = ["DEFAULT_OPSET", "PARITY_ATOL", "export_bundle", "export_onnx", "probe_features"]
+__all__ = ["DEFAULT_OPSET", "PARITY_ATOL", "add_nchwc_graph", "export_bundle", "export_onnx", "probe_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -350,34 +349,46 @@ def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.n
 
 
 def _nchwc_payload(files: dict, probes: list[np.ndarray], expected: list[np.ndarray] | None) -> dict[str, Any]:
-    """Add ``model.nchwc.onnx`` (``nchwc.py``: ONNX Runtime's blocked depthwise form) beside the staged model.onnx.
+    """Add ``model.nchwc.onnx`` (``runtime/nchwc.py``) beside the staged model.onnx, checked against PyTorch's ``expected``."""
+    from dymn_edge.runtime.nchwc import stage_nchwc
 
-    It shares model.onnx.data. Left out, with the reason in the manifest, when the graph has no
-    depthwise convolution with run-time kernels, when this machine's ONNX Runtime cannot load it
-    (a build without the blocked kernels), or when it misses parity with PyTorch (``expected``;
-    None skips the check, for throwaway exports).
-    """
-    from .nchwc import write_nchwc
-
-    portable = files["model.onnx"][0]
-    dest = portable.with_name(NCHWC_FILE)
-    blocked = write_nchwc(portable, dest, probes[0])
-    if not blocked.rewritten:
-        return {"included": False, "reason": "no depthwise convolution with run-time kernels"}
-    record: dict[str, Any] = {"included": True, "file": NCHWC_FILE, "rewritten": len(blocked.rewritten),
-                              "left_out": blocked.left_out, "max_abs_logit_diff": None}
-    if expected is not None:
-        try:
-            worst = measure_parity(dest, probes, expected)
-        except Exception as e:  # onnxruntime's own untyped error: no NCHWc kernels in this build
-            logger.info("no %s: this ONNX Runtime cannot run it (%s)", NCHWC_FILE, _first_line(e))
-            return {"included": False, "reason": f"this machine's ONNX Runtime cannot run it: {_first_line(e)}"}
-        record["max_abs_logit_diff"] = worst
-        if worst > PARITY_ATOL:
-            logger.warning("%s differs from PyTorch by %.2e in logits; left out", NCHWC_FILE, worst)
-            return {"included": False, "reason": f"differs from PyTorch by {worst:.2e} in logits (tolerance {PARITY_ATOL:.0e})"}
-    files[NCHWC_FILE] = (dest, "onnx_nchwc")
+    record, path = stage_nchwc(files["model.onnx"][0], probes, expected, reference="pytorch", atol=PARITY_ATOL)
+    if path is not None:
+        files[path.name] = (path, "onnx_nchwc")
     return record
+
+
+def add_nchwc_graph(bundle_path: str | Path, model: nn.Module | None = None, probes: list[np.ndarray] | None = None) -> Bundle:
+    """Re-write a bundle exported before model.nchwc.onnx existed with it added; the other files stay as they are.
+
+    ``model``: the bundle's own PyTorch model, to check the new graph against (default: the bundle's
+    checkpoint, when it has one; without either the check is skipped and the manifest says so).
+    """
+    import shutil
+
+    from dymn_edge.runtime.bundle import derived_metadata, load_bundle
+
+    bundle = load_bundle(bundle_path)
+    if bundle.file("onnx_data") is None:
+        raise ExportError(f"{bundle.path}: its model.onnx holds its weights inline; export it again to get model.nchwc.onnx")
+    if model is None and bundle.file("checkpoint") is not None:
+        model = load_checkpoint(bundle.require("checkpoint")).model
+    batch = bundle.manifest["inputs"][0]["shape"][0]
+    probes = probes if probes is not None else _parity_probes(batch if isinstance(batch, int) else None, bundle.window_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp)
+        # The new graph is checked beside the weights file it names (a copy: onnx refuses symlinks).
+        shutil.copyfile(bundle.require("onnx"), stage / "model.onnx")
+        shutil.copyfile(bundle.require("onnx_data"), stage / "model.onnx.data")
+        files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items()
+                 if entry["role"] != "onnx_nchwc"}
+        staged = {"model.onnx": (stage / "model.onnx", "onnx")}
+        record = _nchwc_payload(staged, probes, reference_logits(model.eval(), probes) if model is not None else None)
+        if not record["included"]:
+            raise ExportError(f"{bundle.path}: no model.nchwc.onnx: {record['reason']}")
+        files[record["file"]] = staged[record["file"]]
+        metadata = derived_metadata(bundle.manifest, keep_fused=True)
+        return write_bundle(bundle.path, files, {**metadata, "nchwc": record}, overwrite=True)
 
 
 def _lint(bundle: Bundle) -> Bundle:
@@ -406,8 +417,9 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
     """Time every parity-checked strategy on every installed backend; the manifest's record of the choice."""
     from dymn_edge.runtime.machine import machine_info
 
+    from dymn_edge.runtime.nchwc import write_nchwc
+
     from .auto import fastest, measure_strategies
-    from .nchwc import write_nchwc
 
     # ONNX Runtime is timed on the form it will run: model.nchwc.onnx where that loads here.
     blocked = {}

@@ -21,7 +21,7 @@ that differently, so the same math is written several ways:
     the depthwise BN folded in: one pass instead of three.
   dymn10 in ONNX Runtime, 1 thread, interleaved: 40.3 -> 37.5 ms (docs/benchmarks.md). OpenVINO
   runs the K convolutions slower than its run-time-kernel depthwise, so ``auto`` decides per
-  backend. Bundles also carry ``nchwc.py``'s form of the graph, where ONNX Runtime runs the
+  backend. Bundles also carry ``runtime/nchwc.py``'s form of the graph, where ONNX Runtime runs the
   run-time depthwise kernels in its blocked kernels too; there ``matmul`` and ``hybrid`` tie. With a dynamic batch every depthwise dynamic conv takes the K-convolution form and
   Dy-ReLU stays elementwise.
 

@@ -14,7 +14,7 @@ __all__ = ["NCHWC_ENV", "NCHWC_FILE", "OnnxRuntimeBackend", "open_onnxruntime", 
 
 logger = logging.getLogger(__name__)
 
-NCHWC_FILE = "model.nchwc.onnx"  # export/nchwc.py: model.onnx with ONNX Runtime's blocked depthwise kernels
+NCHWC_FILE = "model.nchwc.onnx"  # runtime/nchwc.py: model.onnx with ONNX Runtime's blocked depthwise kernels
 NCHWC_ENV = "DYMN_EDGE_NCHWC"  # "0": run the portable model.onnx even where model.nchwc.onnx would load
 
 # Execution providers in order of preference; only those this onnxruntime build has are used

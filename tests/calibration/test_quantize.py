@@ -13,6 +13,8 @@ from dymn_edge.calibration.calibrate import DEFAULT_METHODS, DEFAULT_SCOPES, cal
 from dymn_edge.calibration.dataset import build_feature_set
 from dymn_edge.runtime.tensorrt_int8 import cache_coverage, check_qdq, read_calibration_cache, write_calibration_cache
 from dymn_edge.calibration.validate import fidelity, run_model
+from dymn_edge.runtime.backends import create_backend
+from dymn_edge.runtime.backends.onnxruntime import NCHWC_ENV
 from dymn_edge.runtime.bundle import load_bundle
 from dymn_edge.runtime.errors import BundleError, CalibrationError
 from dymn_edge.runtime.registry import embedded_bundle_path
@@ -173,6 +175,24 @@ def test_dymn_batch_norm_scales_are_quantized_per_channel(shared, tmp_path, capl
     for norm in norms:
         dq = producers[norm.input[1]]
         assert dq.op_type == "DequantizeLinear" and inits[dq.input[1]].size == inits[dq.input[0]].size > 1, norm.name
+    # Every kernel is quantized here, those computed at run time too, so there is no float depthwise
+    # convolution for model.nchwc.onnx to move into ONNX Runtime's blocked kernels.
+    assert out.manifest["nchwc"] == {"included": False, "reason": "no depthwise convolution with a float kernel computed at run time"}
+
+
+def test_onnxruntime_int8_dymn_runs_its_float_depthwise_convolutions_blocked(shared, tmp_path, monkeypatch):
+    """The pointwise scope leaves DyMN's run-time-kernel depthwise convolutions in float: the INT8
+    bundle carries model.nchwc.onnx for them, checked against its own model.onnx."""
+    out = calibrate_bundle(embedded_bundle_path("dymn04_edge"), shared / "data" / "pool", tmp_path / "dymn", samples=16, progress=False)
+    record = out.manifest["nchwc"]
+    assert record["included"] and record["reference"] == "model.onnx" and record["max_abs_logit_diff"] <= 1e-4
+    assert record["rewritten"] == load_bundle(embedded_bundle_path("dymn04_edge")).manifest["nchwc"]["rewritten"]
+    x = np.load(shared / "fixtures" / "efficientat" / "dymn04_reference.npz")["input"][:1]
+    blocked = create_backend("onnxruntime", out, threads=1)
+    monkeypatch.setenv(NCHWC_ENV, "0")
+    portable = create_backend("onnxruntime", out, threads=1)
+    assert (blocked.model_path.name, portable.model_path.name) == ("model.nchwc.onnx", "model.onnx")
+    np.testing.assert_allclose(blocked.infer(x), portable.infer(x), atol=1e-4)
 
 
 def test_uint8_activations_for_onnxruntime(shared, int8_dir, esc50_validation, reference):

@@ -16,12 +16,12 @@ import torch
 from onnx import TensorProto, helper
 
 from dymn_edge.export.fused import add_fused_weights
-from dymn_edge.export.nchwc import NCHWC_DOMAIN, add_nchwc_graph, nchwc_graph, runtime_kernel_shapes
-from dymn_edge.export.onnx import export_bundle
+from dymn_edge.export.onnx import add_nchwc_graph, export_bundle
 from dymn_edge.runtime.backends import create_backend
 from dymn_edge.runtime.backends.onnxruntime import NCHWC_ENV, NCHWC_FILE
 from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
 from dymn_edge.runtime.errors import BundleError, ExportError
+from dymn_edge.runtime.nchwc import NCHWC_DOMAIN, nchwc_graph, runtime_kernel_shapes
 from dymn_edge.runtime.registry import embedded_bundle_path
 from dymn_edge.train.checkpoint import load_checkpoint
 
@@ -192,7 +192,7 @@ def test_strategies_without_run_time_depthwise_kernels_record_why(fixtures_dir, 
     probe = np.load(fixtures_dir / "dymn04_reference.npz")["input"]
     bundle = export_bundle(weights, tmp_path / "expanded", include_checkpoint=False, probe=probe, strategy="expanded",
                            fused=False)
-    assert bundle.manifest["nchwc"] == {"included": False, "reason": "no depthwise convolution with run-time kernels"}
+    assert bundle.manifest["nchwc"] == {"included": False, "reason": "no depthwise convolution with a float kernel computed at run time"}
     assert bundle.file("onnx_nchwc") is None
     assert create_backend("onnxruntime", bundle, threads=1).model_path.name == "model.onnx"
 

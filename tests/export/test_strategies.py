@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from dymn_edge.export.nchwc import write_nchwc
+from dymn_edge.runtime.nchwc import write_nchwc
 from dymn_edge.export.onnx import export_onnx
 from dymn_edge.export.strategies import STRATEGIES, prepare_for_export
 from dymn_edge.train.checkpoint import load_checkpoint

@@ -8,18 +8,19 @@ channel: 3-4x slower than the blocked kernel at dymn10's shapes. ``nchwc_graph``
 graph with those convolutions as ONNX Runtime's own NCHWc operators (domain com.microsoft.nchwc)
 and lets the operator that reorders activations reorder the kernel too, at run time: a (1, C, k, k)
 tensor in NCHWc order is exactly the layout the depthwise kernel reads, whatever the block size,
-so one file serves AVX2 and AVX-512 machines. dymn10 ``hybrid``, 1 thread, 10 s window:
-20.3 -> 17.4 ms (docs/benchmarks.md).
+so one file is meant for AVX2 and AVX-512 machines alike (only AVX-512 has run it). dymn10
+``hybrid``, 1 thread, 10 s window:
+20.8 -> 17.7 ms (docs/benchmarks.md).
 
-The result runs only in ONNX Runtime, on CPUs whose build has those kernels (x86 with AVX2 or
-AVX-512), so it ships beside the portable model.onnx, never instead of it: the runtime tries it on
-the CPU provider and falls back to model.onnx.
+The result runs only in ONNX Runtime, on CPUs whose build has those kernels (x86), so it ships
+beside the portable model.onnx, never instead of it: the runtime tries it on the CPU provider and
+falls back to model.onnx. Export writes it for FP32 bundles, calibration for ONNX Runtime INT8
+ones; the tagging path never imports this module (it needs the ``onnx`` package).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["NCHWC_DOMAIN", "BlockedGraph", "nchwc_graph", "add_nchwc_graph", "runtime_kernel_shapes", "write_nchwc"]
+__all__ = ["NCHWC_DOMAIN", "BlockedGraph", "nchwc_graph", "runtime_kernel_shapes", "stage_nchwc", "write_nchwc"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,13 @@ def _attributes(node: onnx.NodeProto) -> dict:
 
 
 def _runtime_kernel_convs(model: onnx.ModelProto) -> dict[int, onnx.NodeProto]:
-    """{node index: node} of the grouped convolutions whose kernel is computed in the graph."""
+    """{node index: node} of the grouped convolutions whose kernel is computed in the graph.
+
+    A kernel that a DequantizeLinear makes is an INT8 model's quantized weight: ONNX Runtime fuses
+    that convolution into an integer one, so it is left alone.
+    """
     graph = model.graph
-    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type in ("Constant", "DequantizeLinear") for o in n.output}
     return {i: n for i, n in enumerate(graph.node) if n.op_type == "Conv" and n.domain in ("", "ai.onnx")
             and len(n.input) > 1 and n.input[1] not in constants and _attributes(n).get("group", 1) > 1}
 
@@ -164,39 +169,39 @@ def write_nchwc(source: str | Path, dest: str | Path, features: np.ndarray) -> B
     return blocked
 
 
-def add_nchwc_graph(bundle_path: str | Path, model=None, probes: list[np.ndarray] | None = None):
-    """Re-write a bundle exported before model.nchwc.onnx existed with it added; the other files stay as they are.
 
-    ``model``: the bundle's own PyTorch model, to check the new graph against (default: the bundle's
-    checkpoint, when it has one; without either the check is skipped and the manifest says so).
+def stage_nchwc(portable: Path, probes: list[np.ndarray], expected: list[np.ndarray] | None, *, reference: str,
+                atol: float) -> tuple[dict, Path | None]:
+    """Write model.nchwc.onnx beside the staged ``portable`` model.onnx (and its model.onnx.data) and check it.
+
+    ``expected``: the logits it must match within ``atol`` on ``probes`` (``reference`` names where
+    they come from: "pytorch", or "model.onnx" for an INT8 model); None skips the check, for
+    throwaway exports. Returns the manifest record and the file, or None with the reason in the
+    record: no depthwise convolution with a float kernel computed at run time, a build of ONNX
+    Runtime that cannot load it, or a parity miss.
     """
-    import tempfile
+    import onnxruntime as ort
 
-    from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
-    from dymn_edge.runtime.errors import ExportError
+    from .backends.onnxruntime import NCHWC_FILE
 
-    from .onnx import _nchwc_payload, _parity_probes, reference_logits
-
-    bundle = load_bundle(bundle_path)
-    if bundle.file("onnx_data") is None:
-        raise ExportError(f"{bundle.path}: its model.onnx holds its weights inline; export it again to get model.nchwc.onnx")
-    if model is None and bundle.file("checkpoint") is not None:
-        from dymn_edge.train.checkpoint import load_checkpoint
-
-        model = load_checkpoint(bundle.require("checkpoint")).model
-    batch = bundle.manifest["inputs"][0]["shape"][0]
-    probes = probes if probes is not None else _parity_probes(batch if isinstance(batch, int) else None, bundle.window_s)
-    with tempfile.TemporaryDirectory() as tmp:
-        stage = Path(tmp)
-        # The new graph is checked beside the weights file it names (a copy: onnx refuses symlinks).
-        shutil.copyfile(bundle.require("onnx"), stage / "model.onnx")
-        shutil.copyfile(bundle.require("onnx_data"), stage / "model.onnx.data")
-        files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items()
-                 if entry["role"] != "onnx_nchwc"}
-        staged = {"model.onnx": (stage / "model.onnx", "onnx")}
-        record = _nchwc_payload(staged, probes, reference_logits(model.eval(), probes) if model is not None else None)
-        if not record["included"]:
-            raise ExportError(f"{bundle.path}: no model.nchwc.onnx: {record['reason']}")
-        files[record["file"]] = staged[record["file"]]
-        metadata = derived_metadata(bundle.manifest, keep_fused=True)
-        return write_bundle(bundle.path, files, {**metadata, "nchwc": record}, overwrite=True)
+    dest = portable.with_name(NCHWC_FILE)
+    blocked = write_nchwc(portable, dest, probes[0])
+    if not blocked.rewritten:
+        return {"included": False, "reason": "no depthwise convolution with a float kernel computed at run time"}, None
+    record = {"included": True, "file": NCHWC_FILE, "rewritten": len(blocked.rewritten), "left_out": blocked.left_out,
+              "reference": reference, "max_abs_logit_diff": None}
+    if expected is None:
+        return record, dest
+    try:
+        session = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own untyped error: no NCHWc kernels in this build
+        reason = str(e).strip().splitlines()[0]
+        logger.info("no %s: this ONNX Runtime cannot run it (%s)", NCHWC_FILE, reason)
+        return {"included": False, "reason": f"this machine's ONNX Runtime cannot run it: {reason}"}, None
+    name = session.get_inputs()[0].name
+    worst = max(float(np.abs(session.run(None, {name: x})[0] - e).max()) for x, e in zip(probes, expected, strict=True))
+    record["max_abs_logit_diff"] = worst
+    if worst > atol:
+        logger.warning("%s differs from %s by %.2e in logits; left out", NCHWC_FILE, reference, worst)
+        return {"included": False, "reason": f"differs from {reference} by {worst:.2e} in logits (tolerance {atol:.0e})"}, None
+    return record, dest

@@ -169,7 +169,6 @@ def write_nchwc(source: str | Path, dest: str | Path, features: np.ndarray) -> B
     return blocked
 
 
-
 def stage_nchwc(portable: Path, probes: list[np.ndarray], expected: list[np.ndarray] | None, *, reference: str,
                 atol: float) -> tuple[dict, Path | None]:
     """Write model.nchwc.onnx beside the staged ``portable`` model.onnx (and its model.onnx.data) and check it.

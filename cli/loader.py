@@ -47,10 +47,27 @@ def bundle_for_checkpoint(source: ModelSource) -> Bundle:
     digest = sha256_file(source.path)
     dest = cache_dir() / "bundles" / f"{source.name}-{digest[:12]}"
     if is_bundle(dest):
-        return load_bundle(dest)
+        bundle = load_bundle(dest)
+        return _with_nchwc(bundle, source) if bundle.family == "dymn" and "nchwc" not in bundle.manifest else bundle
     logger.warning("exporting %s to an ONNX bundle in %s (once; later runs reuse it)", source.path, dest)
     loaded = load_checkpoint(source.path, expect=source.expect)
     return export_bundle(loaded, dest, name=source.name, overwrite=True)
+
+
+def _with_nchwc(bundle: Bundle, source: ModelSource) -> Bundle:
+    """A DyMN bundle cached before model.nchwc.onnx existed gets it, once (runtime/nchwc.py); when it
+    cannot, the manifest records why, so later runs do not try again."""
+    from dymn_edge.export.onnx import add_nchwc_graph
+    from dymn_edge.runtime.bundle import update_manifest
+    from dymn_edge.runtime.errors import ExportError
+    from dymn_edge.train.checkpoint import load_checkpoint
+
+    logger.warning("adding model.nchwc.onnx (ONNX Runtime's blocked depthwise kernels) to %s (once)", bundle.path)
+    try:
+        return add_nchwc_graph(bundle.path, load_checkpoint(source.path, expect=source.expect).model)
+    except ExportError as e:
+        logger.warning("%s", e)
+        return update_manifest(bundle, {"nchwc": {"included": False, "reason": str(e)}})
 
 
 def load_tagger(

@@ -220,3 +220,27 @@ def test_a_bundle_exported_before_it_existed_gets_the_blocked_form_added(dymn04_
     inline = shutil.copytree(embedded_bundle_path("mn04_as"), tmp_path / "inline")
     with pytest.raises(ExportError, match="holds its weights inline; export it again"):
         add_nchwc_graph(inline)
+
+
+def test_a_dymn_bundle_cached_before_it_existed_gets_it_on_the_next_run(tmp_path, monkeypatch, caplog):
+    """`tag --model some.pt --backend onnxruntime` exports once into the cache; an export from an
+    older dymn-edge gains model.nchwc.onnx the next time it is used, and only once."""
+    from dymn_edge.loader import bundle_for_checkpoint
+    from dymn_edge.runtime.resolve import resolve_model
+
+    monkeypatch.setenv("DYMN_EDGE_CACHE", str(tmp_path / "cache"))
+    source = resolve_model(str(embedded_bundle_path("dymn04_edge") / "model.pt"))
+    cached = bundle_for_checkpoint(source)
+    assert cached.manifest["nchwc"]["included"]
+    manifest = json.loads((cached.path / "manifest.json").read_text())
+    del manifest["files"][NCHWC_FILE], manifest["nchwc"]
+    (cached.path / NCHWC_FILE).unlink()
+    (cached.path / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        again = bundle_for_checkpoint(source)
+    assert "adding model.nchwc.onnx" in caplog.text
+    assert again.path == cached.path and again.manifest["nchwc"]["included"] and (again.path / NCHWC_FILE).is_file()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert bundle_for_checkpoint(source).manifest["nchwc"] == again.manifest["nchwc"]
+    assert "adding" not in caplog.text

@@ -39,12 +39,13 @@ BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 # 0.73 -> 0.84); NNCF's quantile estimator hurts OpenVINO (0.82 -> 0.73), which keeps min/max.
 DEFAULT_METHODS = {"onnxruntime": "percentile", "openvino": "minmax", "tensorrt": "percentile"}
 
+NCHWC_ATOL = 1e-4  # model.nchwc.onnx against the INT8 model.onnx: the same quantized tensors, float rounding apart
+
 # What each backend quantizes unless told (ort_qdq.SCOPES). On CPUs only the wide 1x1 convolutions
 # and matrix products gain from INT8 (ort_qdq.pointwise_layers): quantized alone, mn04_as runs
 # 1.22x faster than FP32 on OpenVINO where the whole model ran 0.82x, and agrees better with FP32.
 # TensorRT picks each layer's precision itself from the Q/DQ it is given, and GPUs run depthwise
 # convolutions in INT8 well, so it gets every layer it can run in INT8.
-NCHWC_ATOL = 1e-4  # model.nchwc.onnx against the INT8 model.onnx: the same quantized tensors, float rounding apart
 DEFAULT_SCOPES = {"onnxruntime": "pointwise", "openvino": "pointwise", "tensorrt": "all"}
 
 
@@ -203,10 +204,7 @@ def _nchwc_payload(files: dict, data: FeatureSet) -> dict:
     probes = [np.concatenate(data.features[i : i + batch]) for i in range(0, min(len(data), 2 * batch) - batch + 1, batch)]
     expected = [session.run(None, {session.get_inputs()[0].name: x})[0] for x in probes]
     # Both graphs quantize the same tensors with the same scales; only float rounding may differ.
-    record, path = stage_nchwc(portable, probes, expected, reference="model.onnx", atol=NCHWC_ATOL)
-    if path is not None:
-        files[path.name] = (path, "onnx_nchwc")
-    return record
+    return stage_nchwc(files, probes, expected, reference="model.onnx", atol=NCHWC_ATOL)
 
 
 def _group(node_name: str) -> str:

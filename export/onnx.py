@@ -249,6 +249,8 @@ def export_bundle(
         probes, probe_name = _parity_probes(batch, window_s), f"demo clip ({window_s:g} s and 3.7 s)"
     import onnx
 
+    from dymn_edge.runtime.nchwc import stage_nchwc
+
     expected: list[np.ndarray] | None = None  # PyTorch's logits, once the first export shows the arguments work
     with tempfile.TemporaryDirectory() as tmp:
         exported: dict[str, Path] = {}
@@ -272,7 +274,8 @@ def export_bundle(
             strategy = choice["chosen"]["onnxruntime"]
         stage = Path(tmp) / "stage"
         files = onnx_payload(exported[strategy], stage, "model.onnx", "onnx")
-        nchwc_record = _nchwc_payload(files, probes, expected if verify_parity else None) if family == "dymn" else None
+        nchwc_record = stage_nchwc(files, probes, expected if verify_parity else None, reference="pytorch",
+                                   atol=PARITY_ATOL) if family == "dymn" else None
         if choice and choice["chosen"].get("openvino", strategy) != strategy:
             files.update(onnx_payload(exported[choice["chosen"]["openvino"]], stage, "model.openvino.onnx", "onnx_openvino"))
         if choice:
@@ -348,16 +351,6 @@ def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.n
     return record
 
 
-def _nchwc_payload(files: dict, probes: list[np.ndarray], expected: list[np.ndarray] | None) -> dict[str, Any]:
-    """Add ``model.nchwc.onnx`` (``runtime/nchwc.py``) beside the staged model.onnx, checked against PyTorch's ``expected``."""
-    from dymn_edge.runtime.nchwc import stage_nchwc
-
-    record, path = stage_nchwc(files["model.onnx"][0], probes, expected, reference="pytorch", atol=PARITY_ATOL)
-    if path is not None:
-        files[path.name] = (path, "onnx_nchwc")
-    return record
-
-
 def add_nchwc_graph(bundle_path: str | Path, model: nn.Module | None = None, probes: list[np.ndarray] | None = None) -> Bundle:
     """Re-write a bundle exported before model.nchwc.onnx existed with it added; the other files stay as they are.
 
@@ -367,6 +360,7 @@ def add_nchwc_graph(bundle_path: str | Path, model: nn.Module | None = None, pro
     import shutil
 
     from dymn_edge.runtime.bundle import derived_metadata, load_bundle
+    from dymn_edge.runtime.nchwc import stage_nchwc
 
     bundle = load_bundle(bundle_path)
     if bundle.file("onnx_data") is None:
@@ -383,7 +377,8 @@ def add_nchwc_graph(bundle_path: str | Path, model: nn.Module | None = None, pro
         files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items()
                  if entry["role"] != "onnx_nchwc"}
         staged = {"model.onnx": (stage / "model.onnx", "onnx")}
-        record = _nchwc_payload(staged, probes, reference_logits(model.eval(), probes) if model is not None else None)
+        expected = reference_logits(model.eval(), probes) if model is not None else None
+        record = stage_nchwc(staged, probes, expected, reference="pytorch", atol=PARITY_ATOL)
         if not record["included"]:
             raise ExportError(f"{bundle.path}: no model.nchwc.onnx: {record['reason']}")
         files[record["file"]] = staged[record["file"]]
@@ -417,15 +412,16 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
     """Time every parity-checked strategy on every installed backend; the manifest's record of the choice."""
     from dymn_edge.runtime.machine import machine_info
 
+    from dymn_edge.runtime.backends.onnxruntime import open_onnxruntime
     from dymn_edge.runtime.nchwc import write_nchwc
 
     from .auto import fastest, measure_strategies
 
-    # ONNX Runtime is timed on the form it will run: model.nchwc.onnx where that loads here.
+    # ONNX Runtime is timed on the form the runtime will run: model.nchwc.onnx where it chooses it here.
     blocked = {}
     for strategy, path in exported.items():
         dest = path.with_name(f"{path.stem}.nchwc.onnx")
-        if write_nchwc(path, dest, features).rewritten and _loads_in_onnxruntime(dest):
+        if write_nchwc(path, dest, features).rewritten and open_onnxruntime(path, dest).model_path == dest:
             blocked[strategy] = dest
     threads = 1
     timings = measure_strategies(exported, features, threads=threads, own={"onnxruntime": blocked})
@@ -435,17 +431,6 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
             "threads": threads, "input_shape": list(features.shape), "timings_ms": timings, "chosen": chosen,
             "onnxruntime_nchwc": sorted(blocked),
             "rejected": failures, "machine": machine_info()}
-
-
-def _loads_in_onnxruntime(path: Path) -> bool:
-    import onnxruntime as ort
-
-    try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime's own untyped error: no NCHWc kernels in this build
-        logger.info("%s does not load here: %s", path.name, _first_line(e))
-        return False
-    return True
 
 
 def _int8_choice(exported: dict[str, Path], choice: dict[str, Any], files: dict, stage: Path) -> dict[str, Any]:

@@ -169,38 +169,40 @@ def write_nchwc(source: str | Path, dest: str | Path, features: np.ndarray) -> B
     return blocked
 
 
-def stage_nchwc(portable: Path, probes: list[np.ndarray], expected: list[np.ndarray] | None, *, reference: str,
-                atol: float) -> tuple[dict, Path | None]:
-    """Write model.nchwc.onnx beside the staged ``portable`` model.onnx (and its model.onnx.data) and check it.
+def stage_nchwc(files: dict, probes: list[np.ndarray], expected: list[np.ndarray] | None, *, reference: str,
+                atol: float) -> dict:
+    """Write model.nchwc.onnx beside the staged model.onnx of ``files`` (and its model.onnx.data), check
+    it, and add it to ``files`` ({name: (path, role)}, as ``write_bundle`` takes them).
 
     ``expected``: the logits it must match within ``atol`` on ``probes`` (``reference`` names where
     they come from: "pytorch", or "model.onnx" for an INT8 model); None skips the check, for
-    throwaway exports. Returns the manifest record and the file, or None with the reason in the
-    record: no depthwise convolution with a float kernel computed at run time, a build of ONNX
-    Runtime that cannot load it, or a parity miss.
+    throwaway exports. Returns the manifest record. When the file is left out, the record says why:
+    no depthwise convolution with a float kernel computed at run time, a build of ONNX Runtime that
+    cannot load it, or a parity miss.
     """
     import onnxruntime as ort
 
     from .backends.onnxruntime import NCHWC_FILE
 
+    portable = files["model.onnx"][0]
     dest = portable.with_name(NCHWC_FILE)
     blocked = write_nchwc(portable, dest, probes[0])
     if not blocked.rewritten:
-        return {"included": False, "reason": "no depthwise convolution with a float kernel computed at run time"}, None
+        return {"included": False, "reason": "no depthwise convolution with a float kernel computed at run time"}
     record = {"included": True, "file": NCHWC_FILE, "rewritten": len(blocked.rewritten), "left_out": blocked.left_out,
               "reference": reference, "max_abs_logit_diff": None}
-    if expected is None:
-        return record, dest
-    try:
-        session = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime's own untyped error: no NCHWc kernels in this build
-        reason = str(e).strip().splitlines()[0]
-        logger.info("no %s: this ONNX Runtime cannot run it (%s)", NCHWC_FILE, reason)
-        return {"included": False, "reason": f"this machine's ONNX Runtime cannot run it: {reason}"}, None
-    name = session.get_inputs()[0].name
-    worst = max(float(np.abs(session.run(None, {name: x})[0] - e).max()) for x, e in zip(probes, expected, strict=True))
-    record["max_abs_logit_diff"] = worst
-    if worst > atol:
-        logger.warning("%s differs from %s by %.2e in logits; left out", NCHWC_FILE, reference, worst)
-        return {"included": False, "reason": f"differs from {reference} by {worst:.2e} in logits (tolerance {atol:.0e})"}, None
-    return record, dest
+    if expected is not None:
+        try:
+            session = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own untyped error: no NCHWc kernels in this build
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            logger.info("no %s: this ONNX Runtime cannot run it (%s)", NCHWC_FILE, reason)
+            return {"included": False, "reason": f"this machine's ONNX Runtime cannot run it: {reason}"}
+        name = session.get_inputs()[0].name
+        worst = max(float(np.abs(session.run(None, {name: x})[0] - e).max()) for x, e in zip(probes, expected, strict=True))
+        record["max_abs_logit_diff"] = worst
+        if worst > atol:
+            logger.warning("%s differs from %s by %.2e in logits; left out", NCHWC_FILE, reference, worst)
+            return {"included": False, "reason": f"differs from {reference} by {worst:.2e} in logits (tolerance {atol:.0e})"}
+    files[NCHWC_FILE] = (dest, "onnx_nchwc")
+    return record

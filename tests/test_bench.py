@@ -32,7 +32,7 @@ def test_bench_json_on_the_embedded_bundle(tmp_path):
     assert 30 < ort["peak_rss_mb"] < eager["peak_rss_mb"]
 
 
-def test_bench_exports_each_dymn_strategy_against_the_naive_and_grouped_baselines(tmp_path, fixtures_dir):
+def test_bench_exports_each_dymn_strategy_against_the_naive_and_grouped_baselines(tmp_path, fixtures_dir, capsys):
     proc = _bench(fixtures_dir / "dymn04_reference_weights.pt", "--backend", "onnxruntime,fused", "--strategy", "matmul",
                   "--window", "2", "--rounds", "1", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -48,6 +48,11 @@ def test_bench_exports_each_dymn_strategy_against_the_naive_and_grouped_baseline
     # ONNX Runtime runs our exports' blocked form (model.nchwc.onnx); the naive export has none.
     assert {s: r["model_file"] for s, r in rows.items()} == {"naive": "model.onnx", "grouped": "model.nchwc.onnx",
                                                              "matmul": "model.nchwc.onnx"}
+    from dymn_edge.display import print_benchmark
+
+    print_benchmark(json.loads(proc.stdout))
+    table = capsys.readouterr().out
+    assert "grouped (nchwc)" in table and "matmul (nchwc)" in table and "naive (nchwc)" not in table and "naive" in table
 
 
 def test_bench_tells_an_int8_bundle_from_its_fp32_source(tmp_path, shared):

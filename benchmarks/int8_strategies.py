@@ -9,6 +9,8 @@ feed `export.strategies.INT8_STRATEGIES`, the table `--strategy auto` takes for 
 
     python benchmarks/int8_strategies.py   # -> benchmarks/results/int8_strategies.json (about 20 min)
     python benchmarks/int8_strategies.py --strategies hybrid   # one strategy, the others kept from the JSON
+    python benchmarks/int8_strategies.py --scope pointwise --backends onnxruntime,openvino \
+        --json benchmarks/results/int8_strategies_pointwise.json   # the CPU backends' default scope
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="calibration window sampling seed")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "int8_strategies.json")
+    parser.add_argument("--scope", default="all", choices=("all", "pointwise"), help="what calibrate quantizes (all: every layer)")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help="comma-separated; the results of the others are kept from an existing --json of the same model, samples and seed")
     args = parser.parse_args()
@@ -46,6 +50,10 @@ def main() -> None:
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         parser.error(f"unknown strategies {unknown}; expected some of {', '.join(STRATEGIES)}")
+    backends = args.backends.split(",")
+    if sorted(set(backends) - set(BACKENDS)):
+        parser.error(f"unknown backends {sorted(set(backends) - set(BACKENDS))}; expected some of {', '.join(BACKENDS)}")
+    settings = {"model": args.model, "samples": args.samples, "seed": args.seed, "scope": args.scope}
     logging.basicConfig(level=logging.ERROR)
     pool, esc50 = args.shared / "data" / "pool", args.shared / "data" / "esc50" / "labels.csv"
     embedded = load_bundle(REPO / "runtime" / "assets" / "models" / args.model)
@@ -54,7 +62,7 @@ def main() -> None:
     results: dict = {}
     if args.json.exists():
         previous = json.loads(args.json.read_text())
-        if (previous.get("model"), previous.get("samples"), previous.get("seed")) == (args.model, args.samples, args.seed):
+        if {k: previous.get(k, "all" if k == "scope" else None) for k in settings} == settings:
             results = {s: r for s, r in previous["results"].items() if s not in strategies}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -63,9 +71,9 @@ def main() -> None:
                                  verify_parity=False)
             ref = run_model(fp32, data, timed_runs=0)
             results[strategy] = {"fp32": {k: v for k, v in labelled_metrics(ref.scores, data.targets).items() if k != "per_class_ap"}}
-            for backend in BACKENDS:
+            for backend in backends:
                 out = calibrate_bundle(fp32, pool, work / f"{strategy}-{backend}", backend=backend, samples=args.samples, seed=args.seed,
-                                      scope="all", progress=False)
+                                      scope=args.scope, progress=False)
                 run = run_model(out, data, backend="onnxruntime" if backend == "tensorrt" else backend, timed_runs=0)
                 fid = fidelity(ref, run)
                 metrics = labelled_metrics(run.scores, data.targets)
@@ -75,12 +83,10 @@ def main() -> None:
                                               "mean_kl": fid["mean_kl"], "top5_hit": metrics["top5_hit"], "map": metrics["map"]}
                 print(f"{strategy:9s} {backend:12s} {q['method']:10s} top-5 agreement {fid['top5_agreement']:.3f}  top-1 {fid['top1_agreement']:.3f}  "
                       f"hit {metrics['top5_hit']:.3f} (FP32 {results[strategy]['fp32']['top5_hit']:.3f})  mAP {metrics['map']:.4f}", flush=True)
-                args.json.write_text(json.dumps({"machine": machine_info(), "model": args.model, "samples": args.samples,
-                                                 "seed": args.seed, "results": results}, indent=2) + "\n")
-    best = {b: max(results, key=lambda s: results[s][b]["top5_agreement"]) for b in BACKENDS}
+                args.json.write_text(json.dumps({"machine": machine_info(), **settings, "results": results}, indent=2) + "\n")
+    best = {b: max(results, key=lambda s: results[s][b]["top5_agreement"]) for b in backends}
     print("highest top-5 agreement per backend (the rule in INT8_PREFERENCE also weighs latency and noise):", best)
-    args.json.write_text(json.dumps({"machine": machine_info(), "model": args.model, "samples": args.samples, "seed": args.seed,
-                                     "results": results, "highest_agreement": best}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"machine": machine_info(), **settings, "results": results, "highest_agreement": best}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -370,7 +370,8 @@ def _steady(summary: dict) -> str:
 @click.option("--keep-fp", multiple=True, metavar="PATTERN",
               help="Keep matching nodes in floating point: attention, context, stem, classifier, or a glob on node names/types. Repeatable.")
 @click.option("--scope", type=click.Choice(["pointwise", "all"]), default=None,
-              help="What to quantize: pointwise (wide 1x1 convolutions and matrix products, where INT8 is faster on CPUs) or all. "
+              help="What to quantize: pointwise (wide 1x1 convolutions and matrix products outside the classifier, where INT8 is faster "
+                   "on CPUs) or all. "
                    "Default: pointwise for onnxruntime and openvino, all for tensorrt.")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Windows to calibrate on (class-balanced when labels are known).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -195,6 +195,21 @@ def test_onnxruntime_int8_dymn_runs_its_float_depthwise_convolutions_blocked(sha
     np.testing.assert_allclose(blocked.infer(x), portable.infer(x), atol=1e-4)
 
 
+def test_pointwise_scope_keeps_the_distilled_dymn_within_the_agreement_target(shared, int8_dir):
+    """The issue asks for top-5 agreement >= 0.95 with FP32 on real audio. On all 300 ESC-50 clips
+    dymn04_edge on ONNX Runtime agreed 0.948 (32 pool windows) while its classifier was INT8, and
+    0.982 with the classifier's Gemms in float."""
+    every_clip = build_feature_set(shared / "data" / "esc50" / "labels.csv", window_s=10.0, progress=False)
+    source = embedded_bundle_path("dymn04_edge")
+    out = calibrate_bundle(source, shared / "data" / "pool", int8_dir / "dymn-pointwise", samples=32, progress=False)
+    model = onnx.load(str(out.require("onnx")))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    head = [n for n in model.graph.node if n.op_type == "Gemm" and n.name.startswith("/classifier/")]
+    assert len(head) == 2 and not any(producers.get(n.input[1]) == "DequantizeLinear" for n in head)
+    fid = fidelity(run_model(source, every_clip, timed_runs=0), run_model(out, every_clip, timed_runs=0))
+    assert 0.95 <= fid["top5_agreement"] < 1.0, fid
+
+
 def test_uint8_activations_for_onnxruntime(shared, int8_dir, esc50_validation, reference):
     """U8S8: activations quantize to uint8 (ONNX Runtime's faster x86 kernels), weights stay int8 per channel."""
     out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "u8s8", activations="uint8", samples=32, scope="all",
@@ -255,8 +270,8 @@ def test_quantize_qdq_refuses_bad_arguments_before_reading_the_model(tmp_path):
 
 def test_pointwise_layers_are_the_wide_constant_matrix_products():
     """mn04_as: every 1x1 convolution and Gemm at least 32 channels wide on both sides, nothing else
-    (no stem, no depthwise convolution, no narrow early layer); DyMN: none of its run-time-weight
-    convolutions and none of its kernel aggregations."""
+    (no stem, no depthwise convolution, no narrow early layer, no classifier Gemm); DyMN: none of its
+    run-time-weight convolutions, kernel aggregations or classifier Gemms."""
     from dymn_edge.calibration.ort_qdq import POINTWISE_MIN_CHANNELS, kernel_aggregations, pointwise_layers, run_time_weight_nodes
 
     model = onnx.load(str(load_bundle(embedded_bundle_path()).require("onnx")))
@@ -268,25 +283,26 @@ def test_pointwise_layers_are_the_wide_constant_matrix_products():
             continue
         w = weights[node.input[1]]
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        pointwise = node.op_type == "Gemm" or (group == 1 and w.shape[2:] == (1, 1))
+        pointwise = (node.op_type == "Gemm" and not node.name.startswith("/classifier/")) or (group == 1 and w.shape[2:] == (1, 1))
         assert (node.name in chosen) == (pointwise and min(w.shape[:2]) >= POINTWISE_MIN_CHANNELS), node.name
-    assert len(chosen) == 30 and not any(n.startswith(("/features.0/", "/features.1/", "/features.2/")) for n in chosen)
+    assert len(chosen) == 28 and not any(n.startswith(("/features.0/", "/features.1/", "/features.2/")) for n in chosen)
     dymn = load_bundle(embedded_bundle_path("dymn04_edge")).require("onnx")
     dynamic = set(run_time_weight_nodes(dymn)) | set(kernel_aggregations(dymn))
     chosen = pointwise_layers(dymn)
     assert chosen and not dynamic & set(chosen) and len(dynamic) > 40
+    assert not any(n.startswith("/classifier/") for n in chosen) and "/out_c/out_c.0/Conv" in chosen
 
 
 def test_pointwise_scope_quantizes_only_its_layers(shared, int8_dir, esc50_validation, reference):
     """The default scope on ONNX Runtime: the pointwise layers read INT8 weights through a
     DequantizeLinear, every other Conv (stem, depthwise) keeps float weights, and the model agrees
-    with FP32 better than the whole model quantized (0.943 against 0.885 on all 300 ESC-50 clips)."""
+    with FP32 better than the whole model quantized (0.948 against 0.885 on all 300 ESC-50 clips)."""
     from dymn_edge.calibration.ort_qdq import pointwise_layers
 
     source = load_bundle(embedded_bundle_path())
     out = calibrate_bundle(source, shared / "data" / "pool", int8_dir / "pointwise", samples=32, progress=False)
     q = out.manifest["quantization"]
-    assert q["scope"] == "pointwise" and q["scope_layers"] == 30
+    assert q["scope"] == "pointwise" and q["scope_layers"] == 28
     model = onnx.load(str(out.require("onnx")))
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     int8_weights = {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm") and producers.get(n.input[1]) == "DequantizeLinear"}
@@ -302,7 +318,7 @@ def test_pointwise_scope_quantizes_only_its_layers(shared, int8_dir, esc50_valid
 def test_pointwise_scope_for_openvino_ignores_every_other_node(shared, tmp_path, esc50_validation, reference):
     """NNCF takes no list of nodes to quantize, so the pointwise scope puts every other node in its
     ignored scope: the INT8 IR has fewer FakeQuantize operations than the whole model's, and on the
-    300 ESC-50 clips it agreed with FP32 0.967 (whole model 0.877)."""
+    300 ESC-50 clips it agreed with FP32 0.972 (whole model 0.877)."""
     pytest.importorskip("nncf", reason='NNCF is not installed (pip install "dymn-edge[calibrate]")')
     import openvino as ov
 
@@ -315,9 +331,9 @@ def test_pointwise_scope_for_openvino_ignores_every_other_node(shared, tmp_path,
     pointwise = calibrate_bundle(source, pool, tmp_path / "pointwise", backend="openvino", samples=16, progress=False)
     whole = calibrate_bundle(source, pool, tmp_path / "whole", backend="openvino", samples=16, scope="all", progress=False)
     q = pointwise.manifest["quantization"]
-    assert q["scope"] == "pointwise" and q["scope_layers"] == 30
+    assert q["scope"] == "pointwise" and q["scope_layers"] == 28
     # one on the weights and one on the input of each layer, where no neighbour shares it
-    assert 30 <= fake_quantizes(pointwise) <= 60 < fake_quantizes(whole)
+    assert 28 <= fake_quantizes(pointwise) <= 56 < fake_quantizes(whole)
     fid = fidelity(reference, run_model(pointwise, esc50_validation, timed_runs=0))
     assert 0.9 <= fid["top5_agreement"] < 1.0, fid
     from dymn_edge.calibration.nncf_ov import quantize_openvino

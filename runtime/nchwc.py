@@ -8,7 +8,8 @@ channel: 3-4x slower than the blocked kernel at dymn10's shapes. ``nchwc_graph``
 graph with those convolutions as ONNX Runtime's own NCHWc operators (domain com.microsoft.nchwc)
 and lets the operator that reorders activations reorder the kernel too, at run time: a (1, C, k, k)
 tensor in NCHWc order is exactly the layout the depthwise kernel reads, whatever the block size,
-so one file is meant for AVX2 and AVX-512 machines alike (only AVX-512 has run it). dymn10
+so one file serves AVX2 and AVX-512 machines alike (tests/export/test_nchwc.py runs it on an
+emulated AVX2 CPU when qemu-user is installed). dymn10
 ``hybrid``, 1 thread, 10 s window:
 20.8 -> 17.7 ms (docs/benchmarks.md).
 
@@ -151,9 +152,17 @@ def _blocked(node: onnx.NodeProto, attrs: dict, kernel: tuple[int, ...], *, pref
         helper.make_node("ReorderInput", [x], [f"{prefix}_xb"], domain=NCHWC_DOMAIN),
         helper.make_node("Conv", [f"{prefix}_xb", f"{prefix}_wb", *([bias] if bias else [])], [f"{prefix}_yb"],
                          name=node.name, domain=NCHWC_DOMAIN, **conv_attrs),
-        helper.make_node("ReorderOutput", [f"{prefix}_yb"], [node.output[0]], domain=NCHWC_DOMAIN, channels=channels),
     ]
-    return out
+    if padded == channels:
+        return out + [helper.make_node("ReorderOutput", [f"{prefix}_yb"], [node.output[0]], domain=NCHWC_DOMAIN, channels=channels)]
+    # ReorderOutput may drop fewer channels than one block: with channels=72 of 80 it runs on
+    # AVX-512 (block 16) but fails at run time on AVX2 (block 8), where the session still loads.
+    # So it keeps every padded channel and a Slice drops the padding, whatever the block.
+    return out + [
+        helper.make_node("ReorderOutput", [f"{prefix}_yb"], [f"{prefix}_yp"], domain=NCHWC_DOMAIN, channels=padded),
+        helper.make_node("Slice", [f"{prefix}_yp", const("keep_from", [0]), const("keep_to", [channels]), const("channel_axis", [1])],
+                         [node.output[0]]),
+    ]
 
 
 def write_nchwc(source: str | Path, dest: str | Path, features: np.ndarray) -> BlockedGraph:

@@ -27,6 +27,12 @@ def preferred_providers(available: list[str]) -> list[str]:
     return [p for p in _PREFERRED if p in available]
 
 
+def _smoke_input(shape: list[int | None]) -> np.ndarray:
+    """Silence in the model's input shape, 64 frames where the length is free: enough for every stride."""
+    batch, channels, mels, frames = (d if d is not None else default for d, default in zip(shape, (1, 1, 128, 64), strict=True))
+    return np.zeros((batch, channels, mels, frames), dtype=np.float32)
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -84,9 +90,12 @@ def open_onnxruntime(portable: str | Path, nchwc: str | Path | None = None, *, t
     """The bundle's model in ONNX Runtime: ``nchwc`` (model.nchwc.onnx) where it runs, else ``portable``.
 
     The blocked form is for the CPU provider alone (its operators exist nowhere else) and needs an
-    ONNX Runtime build with NCHWc kernels (its x86 builds; verified with AVX-512); anywhere else, and with
-    DYMN_EDGE_NCHWC=0, the portable model.onnx runs. Both compute the same logits (export checks
-    each against PyTorch); ``backend.model_path`` says which one runs.
+    ONNX Runtime build with NCHWc kernels (its x86 builds; verified with AVX-512, and with AVX2
+    under emulation). It is run once on a short input before it is chosen: a session can load and
+    still fail at its first run (files written before runtime/nchwc.py sliced off its padded
+    channels did so on AVX2). Where it does not load or run, and with DYMN_EDGE_NCHWC=0, the
+    portable model.onnx runs. Both compute the same logits (export checks each against PyTorch);
+    ``backend.model_path`` says which one runs.
     """
     if nchwc is not None and os.environ.get(NCHWC_ENV, "1") != "0":
         try:
@@ -95,7 +104,9 @@ def open_onnxruntime(portable: str | Path, nchwc: str | Path | None = None, *, t
             raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
         if preferred_providers(ort.get_available_providers()) == ["CPUExecutionProvider"]:
             try:
-                return OnnxRuntimeBackend(nchwc, threads=threads, spin=spin)
+                blocked = OnnxRuntimeBackend(nchwc, threads=threads, spin=spin)
+                blocked.infer(_smoke_input(blocked.input_shape))
+                return blocked
             except BundleError as e:
                 logger.info("running %s instead of %s: %s", Path(portable).name, Path(nchwc).name, e)
     return OnnxRuntimeBackend(portable, threads=threads, spin=spin)

@@ -6,7 +6,10 @@ what the bundle records, and which file the runtime runs.
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -17,12 +20,14 @@ from onnx import TensorProto, helper
 
 from dymn_edge.export.fused import add_fused_weights
 from dymn_edge.export.onnx import add_nchwc_graph, export_bundle
+from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.backends import create_backend
 from dymn_edge.runtime.backends.onnxruntime import NCHWC_ENV, NCHWC_FILE
 from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
 from dymn_edge.runtime.errors import BundleError, ExportError
+from dymn_edge.runtime.frontend import log_mel
 from dymn_edge.runtime.nchwc import NCHWC_DOMAIN, nchwc_graph, runtime_kernel_shapes
-from dymn_edge.runtime.registry import embedded_bundle_path
+from dymn_edge.runtime.registry import demo_clip_path, embedded_bundle_path
 from dymn_edge.train.checkpoint import load_checkpoint
 
 
@@ -63,13 +68,17 @@ def _feeds(channels=24, multiplier=1, bias=True, seed=0):
 
 @pytest.mark.parametrize("channels", [16, 24, 7])
 def test_depthwise_with_a_run_time_kernel_runs_blocked_and_exactly(channels):
-    """24 and 7 channels are padded to 32 and 16 (kernel, input and bias) and cut back by ReorderOutput."""
+    """24 and 7 channels are padded to 32 and 16 (kernel, input and bias); ReorderOutput keeps the
+    padded channels and a Slice cuts them off, so the graph runs with AVX2's block of 8 as well."""
     model, feeds = _conv_graph(channels), _feeds(channels)
     blocked = nchwc_graph(model, {"w": (channels, 1, 3, 3)})
     assert blocked.rewritten == ["dw"] and blocked.left_out == []
     ops = [(n.domain, n.op_type) for n in blocked.model.graph.node]
     assert (NCHWC_DOMAIN, "Conv") in ops and ("", "Conv") not in ops
     assert any(n.op_type == "Pad" for n in blocked.model.graph.node) == (channels % 16 != 0)
+    reorder = next(n for n in blocked.model.graph.node if n.op_type == "ReorderOutput")
+    assert helper.get_attribute_value(reorder.attribute[0]) == -(-channels // 16) * 16
+    assert any(n.op_type == "Slice" for n in blocked.model.graph.node) == (channels % 16 != 0)
     expected = _run(model, feeds)
     got = _run(blocked.model, feeds)
     assert got.shape == expected.shape == (1, channels, 20, 30)
@@ -148,23 +157,76 @@ def test_the_runtime_runs_the_blocked_form_on_cpu_and_the_portable_one_on_reques
         assert np.abs(backend.infer(probe[:1]) - expected).max() < 1e-4
 
 
+def _copy_with_blocked_file(bundle, model, tmp_path):
+    """A copy of ``bundle`` whose model.nchwc.onnx is ``model`` (weights still in model.onnx.data)."""
+    path = tmp_path / NCHWC_FILE
+    onnx.save(model, str(path))
+    files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items() if name != NCHWC_FILE}
+    files[NCHWC_FILE] = (path, "onnx_nchwc")
+    return write_bundle(tmp_path / "copy", files, derived_metadata(bundle.manifest) | {"nchwc": bundle.manifest["nchwc"]},
+                        labels=bundle.labels)
+
+
 def test_a_blocked_file_this_onnxruntime_cannot_load_falls_back_to_model_onnx(dymn04_bundle, tmp_path, caplog):
     """As on a CPU whose ONNX Runtime build has no NCHWc kernels: the portable model runs, and the log says why."""
     bundle, probe, _ = dymn04_bundle
-    unloadable = tmp_path / NCHWC_FILE
     model = onnx.load(str(bundle.path / NCHWC_FILE), load_external_data=False)
     next(n for n in model.graph.node if n.domain == NCHWC_DOMAIN).op_type = "NoSuchKernel"
-    onnx.save(model, str(unloadable))
-    files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items() if name != NCHWC_FILE}
-    files[NCHWC_FILE] = (unloadable, "onnx_nchwc")
-    copy = write_bundle(tmp_path / "copy", files, derived_metadata(bundle.manifest) | {"nchwc": bundle.manifest["nchwc"]},
-                        labels=bundle.labels)
+    copy = _copy_with_blocked_file(bundle, model, tmp_path)
     with caplog.at_level(logging.INFO, logger="dymn_edge.runtime.backends.onnxruntime"):
         backend = create_backend("onnxruntime", copy, threads=1)
     assert backend.model_path.name == "model.onnx"
     assert f"running model.onnx instead of {NCHWC_FILE}" in caplog.text and "NoSuchKernel" in caplog.text
     reference = create_backend("onnxruntime", bundle, threads=1)
     np.testing.assert_allclose(backend.infer(probe[:1]), reference.infer(probe[:1]), atol=1e-5)
+
+
+def test_a_blocked_file_that_loads_but_fails_at_its_first_run_falls_back_to_model_onnx(dymn04_bundle, tmp_path, caplog):
+    """ONNX Runtime checks ReorderOutput's channels only when it runs: files that cut fewer channels
+    than one block loaded on AVX2 and failed at the first window. The runtime runs the blocked
+    graph once before choosing it."""
+    bundle, probe, _ = dymn04_bundle
+    model = onnx.load(str(bundle.path / NCHWC_FILE), load_external_data=False)
+    reorder = next(n for n in model.graph.node if n.op_type == "ReorderOutput")
+    reorder.attribute[0].i = 100_000  # more channels than the blocked tensor has: refused at run time on every CPU
+    copy = _copy_with_blocked_file(bundle, model, tmp_path)
+    with caplog.at_level(logging.INFO, logger="dymn_edge.runtime.backends.onnxruntime"):
+        backend = create_backend("onnxruntime", copy, threads=1)
+    assert backend.model_path.name == "model.onnx"
+    assert f"running model.onnx instead of {NCHWC_FILE}" in caplog.text and "Input channels must match" in caplog.text
+    np.testing.assert_allclose(backend.infer(probe[:1]), create_backend("onnxruntime", bundle, threads=1).infer(probe[:1]), atol=1e-5)
+
+
+_AVX2_CHILD = """
+import sys, numpy as np
+from numpy._core._multiarray_umath import __cpu_features__ as cpu
+from dymn_edge.runtime.backends import create_backend
+from dymn_edge.runtime.bundle import load_bundle
+assert cpu["AVX2"] and not cpu["AVX512F"], "not an AVX2-only CPU"
+bundle = load_bundle(sys.argv[1])
+x = np.load(sys.argv[2])
+blocked = create_backend("onnxruntime", bundle, threads=1)
+import os; os.environ["DYMN_EDGE_NCHWC"] = "0"
+portable = create_backend("onnxruntime", bundle, threads=1)
+print(blocked.model_path.name, float(np.abs(blocked.infer(x) - portable.infer(x)).max()))
+"""
+
+
+@pytest.mark.slow
+def test_the_blocked_graph_runs_on_an_avx2_cpu(tmp_path):
+    """AVX2's NCHWc block is 8 floats, AVX-512's 16. The embedded dymn04_edge's model.nchwc.onnx runs
+    under qemu emulating a Haswell CPU (AVX2, no AVX-512), and agrees with its model.onnx there."""
+    if not shutil.which("qemu-x86_64"):
+        why = "needs qemu-x86_64 (apt-get install -y qemu-user)"
+        if os.environ.get("DYMN_REQUIRE_AARCH64") == "1":  # CI installs qemu-user for the aarch64 tests too
+            pytest.fail(why)
+        pytest.skip(why)
+    np.save(tmp_path / "x.npy", log_mel(load_audio(demo_clip_path()))[None, None].astype(np.float32))
+    proc = subprocess.run(["qemu-x86_64", "-cpu", "Haswell", sys.executable, "-c", _AVX2_CHILD, str(embedded_bundle_path("dymn04_edge")),
+                           str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, diff = proc.stdout.split()
+    assert name == NCHWC_FILE and float(diff) < 1e-4, proc.stdout
 
 
 def test_bundles_that_misstate_the_blocked_file_are_refused(dymn04_bundle, tmp_path):

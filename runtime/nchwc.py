@@ -191,15 +191,15 @@ def stage_nchwc(files: dict, probes: list[np.ndarray], expected: list[np.ndarray
     """
     import onnxruntime as ort
 
-    from .backends.onnxruntime import NCHWC_FILE
+    from .backends.onnxruntime import NCHWC_FILE, NCHWC_FORMAT
 
     portable = files["model.onnx"][0]
     dest = portable.with_name(NCHWC_FILE)
     blocked = write_nchwc(portable, dest, probes[0])
     if not blocked.rewritten:
         return {"included": False, "reason": "no depthwise convolution with a float kernel computed at run time"}
-    record = {"included": True, "file": NCHWC_FILE, "rewritten": len(blocked.rewritten), "left_out": blocked.left_out,
-              "reference": reference, "max_abs_logit_diff": None}
+    record = {"included": True, "file": NCHWC_FILE, "format": NCHWC_FORMAT, "rewritten": len(blocked.rewritten),
+              "left_out": blocked.left_out, "reference": reference, "max_abs_logit_diff": None}
     if expected is not None:
         try:
             session = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])

@@ -10,11 +10,14 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
 
-__all__ = ["NCHWC_ENV", "NCHWC_FILE", "OnnxRuntimeBackend", "open_onnxruntime", "preferred_providers"]
+__all__ = ["NCHWC_ENV", "NCHWC_FILE", "NCHWC_FORMAT", "OnnxRuntimeBackend", "open_onnxruntime", "preferred_providers"]
 
 logger = logging.getLogger(__name__)
 
 NCHWC_FILE = "model.nchwc.onnx"  # runtime/nchwc.py: model.onnx with ONNX Runtime's blocked depthwise kernels
+# Its manifest record's "format". 1 (no field): ReorderOutput cut the padded channels itself, which ONNX
+# Runtime refuses at run time where the padding is a whole block (AVX2's 8 of 16); 2: a Slice cuts them.
+NCHWC_FORMAT = 2
 NCHWC_ENV = "DYMN_EDGE_NCHWC"  # "0": run the portable model.onnx even where model.nchwc.onnx would load
 
 # Execution providers in order of preference; only those this onnxruntime build has are used

@@ -22,7 +22,7 @@ from dymn_edge.export.fused import add_fused_weights
 from dymn_edge.export.onnx import add_nchwc_graph, export_bundle
 from dymn_edge.runtime.audio import load_audio
 from dymn_edge.runtime.backends import create_backend
-from dymn_edge.runtime.backends.onnxruntime import NCHWC_ENV, NCHWC_FILE
+from dymn_edge.runtime.backends.onnxruntime import NCHWC_ENV, NCHWC_FILE, NCHWC_FORMAT
 from dymn_edge.runtime.bundle import derived_metadata, load_bundle, write_bundle
 from dymn_edge.runtime.errors import BundleError, ExportError
 from dymn_edge.runtime.frontend import log_mel
@@ -286,7 +286,8 @@ def test_a_bundle_exported_before_it_existed_gets_the_blocked_form_added(dymn04_
 
 def test_a_dymn_bundle_cached_before_it_existed_gets_it_on_the_next_run(tmp_path, monkeypatch, caplog):
     """`tag --model some.pt --backend onnxruntime` exports once into the cache; an export from an
-    older dymn-edge gains model.nchwc.onnx the next time it is used, and only once."""
+    older dymn-edge gains model.nchwc.onnx the next time it is used, and only once. So does one whose
+    file is of the first format (padding cut by ReorderOutput, which fails on AVX2)."""
     from dymn_edge.loader import bundle_for_checkpoint
     from dymn_edge.runtime.resolve import resolve_model
 
@@ -306,3 +307,10 @@ def test_a_dymn_bundle_cached_before_it_existed_gets_it_on_the_next_run(tmp_path
     with caplog.at_level(logging.WARNING):
         assert bundle_for_checkpoint(source).manifest["nchwc"] == again.manifest["nchwc"]
     assert "adding" not in caplog.text
+    assert again.manifest["nchwc"]["format"] == NCHWC_FORMAT == 2
+    manifest = json.loads((cached.path / "manifest.json").read_text())
+    del manifest["nchwc"]["format"]
+    (cached.path / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        assert bundle_for_checkpoint(source).manifest["nchwc"]["format"] == NCHWC_FORMAT
+    assert "adding model.nchwc.onnx" in caplog.text

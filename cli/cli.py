@@ -224,6 +224,21 @@ def export_openvino_cmd(bundle, out, fp16, force):
     click.echo(f"{result.path}: OpenVINO IR ({result.precision}), max |logit diff| vs ONNX Runtime {parity:.1e}")
 
 
+@export.command("refresh")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The bundle's PyTorch checkpoint, when it does not carry model.pt (needed for model.fused.npz).")
+def export_refresh_cmd(bundle, checkpoint):
+    """Bring a bundle an older dymn-edge exported up to date, in place: add or rewrite model.nchwc.onnx
+    (DyMN) and add model.fused.npz; model.onnx and the other files stay as they are."""
+    from dymn_edge.export.refresh import refresh_bundle
+
+    result, changes = refresh_bundle(bundle, checkpoint)
+    click.echo(f"{result.path}: " + ("up to date" if not changes else f"{len(changes)} change(s)"))
+    for line in changes:
+        click.echo(f"  {line}")
+
+
 def _csv(kind, choices=None):
     def parse(ctx, param, value):
         items = [v.strip() for v in value.split(",") if v.strip()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dymn_edge.runtime.backends.onnxruntime import NCHWC_FORMAT
+from dymn_edge.runtime.backends.onnxruntime import nchwc_outdated
 from dymn_edge.runtime.bundle import Bundle, is_bundle, load_bundle
 from dymn_edge.runtime.errors import BackendUnavailableError
 from dymn_edge.runtime.registry import cache_dir
@@ -49,16 +49,10 @@ def bundle_for_checkpoint(source: ModelSource) -> Bundle:
     dest = cache_dir() / "bundles" / f"{source.name}-{digest[:12]}"
     if is_bundle(dest):
         bundle = load_bundle(dest)
-        return _with_nchwc(bundle, source) if bundle.family == "dymn" and _nchwc_outdated(bundle.manifest) else bundle
+        return _with_nchwc(bundle, source) if nchwc_outdated(bundle.manifest) else bundle
     logger.warning("exporting %s to an ONNX bundle in %s (once; later runs reuse it)", source.path, dest)
     loaded = load_checkpoint(source.path, expect=source.expect)
     return export_bundle(loaded, dest, name=source.name, overwrite=True)
-
-
-def _nchwc_outdated(manifest: dict) -> bool:
-    """No model.nchwc.onnx record, or a file of an older format than this dymn-edge writes."""
-    record = manifest.get("nchwc")
-    return record is None or (record["included"] and record.get("format", 1) < NCHWC_FORMAT)
 
 
 def _with_nchwc(bundle: Bundle, source: ModelSource) -> Bundle:

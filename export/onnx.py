@@ -352,20 +352,24 @@ def _fused_payload(model: nn.Module, files: dict, stage: Path, probes: list[np.n
 
 
 def add_nchwc_graph(bundle_path: str | Path, model: nn.Module | None = None, probes: list[np.ndarray] | None = None) -> Bundle:
-    """Re-write a bundle exported before model.nchwc.onnx existed with it added; the other files stay as they are.
+    """Re-write a bundle exported before model.nchwc.onnx existed (or with an older form of it) with it
+    added; the other files stay as they are.
 
     ``model``: the bundle's own PyTorch model, to check the new graph against (default: the bundle's
-    checkpoint, when it has one; without either the check is skipped and the manifest says so).
+    checkpoint, when it has one). Without either, and always for an INT8 bundle, the reference is
+    the bundle's own model.onnx, run by ONNX Runtime.
     """
     import shutil
 
     from dymn_edge.runtime.bundle import derived_metadata, load_bundle
-    from dymn_edge.runtime.nchwc import stage_nchwc
+    from dymn_edge.runtime.nchwc import onnxruntime_logits, stage_nchwc
 
     bundle = load_bundle(bundle_path)
     if bundle.file("onnx_data") is None:
         raise ExportError(f"{bundle.path}: its model.onnx holds its weights inline; export it again to get model.nchwc.onnx")
-    if model is None and bundle.file("checkpoint") is not None:
+    if bundle.precision == "int8":
+        model = None  # its model.onnx is the quantized model the blocked graph must reproduce
+    elif model is None and bundle.file("checkpoint") is not None:
         model = load_checkpoint(bundle.require("checkpoint")).model
     batch = bundle.manifest["inputs"][0]["shape"][0]
     probes = probes if probes is not None else _parity_probes(batch if isinstance(batch, int) else None, bundle.window_s)
@@ -377,8 +381,11 @@ def add_nchwc_graph(bundle_path: str | Path, model: nn.Module | None = None, pro
         files = {name: (bundle.path / name, entry["role"]) for name, entry in bundle.manifest["files"].items()
                  if entry["role"] != "onnx_nchwc"}
         staged = {"model.onnx": (stage / "model.onnx", "onnx")}
-        expected = reference_logits(model.eval(), probes) if model is not None else None
-        record = stage_nchwc(staged, probes, expected, reference="pytorch", atol=PARITY_ATOL)
+        if model is not None:
+            expected, reference = reference_logits(model.eval(), probes), "pytorch"
+        else:
+            expected, reference = onnxruntime_logits(stage / "model.onnx", probes), "model.onnx"
+        record = stage_nchwc(staged, probes, expected, reference=reference, atol=PARITY_ATOL)
         if not record["included"]:
             raise ExportError(f"{bundle.path}: no model.nchwc.onnx: {record['reason']}")
         files[record["file"]] = staged[record["file"]]

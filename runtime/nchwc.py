@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["NCHWC_DOMAIN", "BlockedGraph", "nchwc_graph", "runtime_kernel_shapes", "stage_nchwc", "write_nchwc"]
+__all__ = ["NCHWC_DOMAIN", "BlockedGraph", "nchwc_graph", "onnxruntime_logits", "runtime_kernel_shapes", "stage_nchwc", "write_nchwc"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,16 @@ def write_nchwc(source: str | Path, dest: str | Path, features: np.ndarray) -> B
     if blocked.rewritten:
         onnx.save(blocked.model, str(dest))
     return blocked
+
+
+def onnxruntime_logits(path: str | Path, probes: list[np.ndarray]) -> list[np.ndarray]:
+    """The logits of the ONNX file at ``path`` on each probe (CPU provider): the reference where PyTorch
+    is not the one (an INT8 model.onnx, or a bundle without its checkpoint)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: x})[0] for x in probes]
 
 
 def stage_nchwc(files: dict, probes: list[np.ndarray], expected: list[np.ndarray] | None, *, reference: str,

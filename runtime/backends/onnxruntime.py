@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
 
-__all__ = ["NCHWC_ENV", "NCHWC_FILE", "NCHWC_FORMAT", "OnnxRuntimeBackend", "open_onnxruntime", "preferred_providers"]
+__all__ = ["NCHWC_ENV", "NCHWC_FILE", "NCHWC_FORMAT", "nchwc_outdated", "OnnxRuntimeBackend", "open_onnxruntime", "preferred_providers"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,13 @@ NCHWC_ENV = "DYMN_EDGE_NCHWC"  # "0": run the portable model.onnx even where mod
 # Execution providers in order of preference; only those this onnxruntime build has are used
 # (onnxruntime-gpu on a Jetson or an NVIDIA GPU has TensorRT and CUDA; PyPI's CPU wheel has neither).
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def nchwc_outdated(manifest: dict) -> bool:
+    """A DyMN bundle's manifest without a model.nchwc.onnx record, or with a file of an older format
+    than this dymn-edge writes: export can add or rewrite it (``add_nchwc_graph``)."""
+    record = manifest.get("nchwc")
+    return manifest.get("family") == "dymn" and (record is None or (record["included"] and record.get("format", 1) < NCHWC_FORMAT))
 
 
 def preferred_providers(available: list[str]) -> list[str]:

@@ -284,6 +284,54 @@ def test_a_bundle_exported_before_it_existed_gets_the_blocked_form_added(dymn04_
         add_nchwc_graph(inline)
 
 
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dymn_edge", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_export_refresh_brings_an_older_bundle_up_to_date(mn04_checkpoint, tmp_path):
+    """`dymn-edge export refresh`: a DyMN bundle from before model.nchwc.onnx and model.fused.npz
+    (the embedded dymn04_edge without them and without its checkpoint) gains the blocked graph,
+    checked against its own model.onnx; model.fused.npz needs the checkpoint; a file of the first
+    format is rewritten; a checkpoint of another family is refused; model.onnx never changes."""
+    embedded = embedded_bundle_path("dymn04_edge")
+    weights = embedded / "model.pt"
+    older = shutil.copytree(embedded, tmp_path / "older")
+    manifest = json.loads((older / "manifest.json").read_text())
+    for name in (NCHWC_FILE, "model.fused.npz", "model.pt"):
+        del manifest["files"][name]
+        (older / name).unlink()
+    del manifest["nchwc"], manifest["fused"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    onnx_bytes = (older / "model.onnx").read_bytes()
+    assert load_bundle(older).file("checkpoint") is None and load_bundle(older).file("fused_weights") is None
+
+    proc = _cli("export", "refresh", older, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"added {NCHWC_FILE} (" in proc.stdout and "vs model.onnx" in proc.stdout, proc.stdout
+    assert "left out model.fused.npz: it is made from the PyTorch model" in proc.stdout
+    refreshed = load_bundle(older)
+    record = refreshed.manifest["nchwc"]
+    assert record["included"] and record["format"] == NCHWC_FORMAT and record["reference"] == "model.onnx"
+    assert record["max_abs_logit_diff"] < 1e-4 and create_backend("onnxruntime", refreshed, threads=1).model_path.name == NCHWC_FILE
+
+    proc = _cli("export", "refresh", older, "--checkpoint", weights, cwd=tmp_path)
+    assert proc.returncode == 0 and "1 change(s)" in proc.stdout and "added model.fused.npz (max |logit diff| vs PyTorch" in proc.stdout, proc
+    assert load_bundle(older).file("fused_weights") is not None
+    proc = _cli("export", "refresh", older, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"{older}: up to date", proc.stdout
+
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["nchwc"]["format"]  # as the first format's files were recorded
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    proc = _cli("export", "refresh", older, "--checkpoint", weights, cwd=tmp_path)
+    assert proc.returncode == 0 and f"rewrote {NCHWC_FILE}" in proc.stdout and "vs pytorch" in proc.stdout, proc.stdout
+    assert load_bundle(older).manifest["nchwc"]["format"] == NCHWC_FORMAT
+
+    proc = _cli("export", "refresh", older, "--checkpoint", mn04_checkpoint, cwd=tmp_path)
+    assert proc.returncode == 1 and "a mn checkpoint, but" in proc.stderr and "is a dymn bundle" in proc.stderr, proc.stderr
+    assert (older / "model.onnx").read_bytes() == onnx_bytes
+
+
 def test_a_dymn_bundle_cached_before_it_existed_gets_it_on_the_next_run(tmp_path, monkeypatch, caplog):
     """`tag --model some.pt --backend onnxruntime` exports once into the cache; an export from an
     older dymn-edge gains model.nchwc.onnx the next time it is used, and only once. So does one whose

@@ -4,8 +4,8 @@ Bundles outlive the version that wrote them. Two files were added to DyMN and Mo
 after the first exports, and one changed form:
 
 - ``model.nchwc.onnx`` (DyMN): ONNX Runtime's blocked depthwise kernels (runtime/nchwc.py),
-  1.2-1.35x faster on x86 CPUs. Its first format failed at run time on AVX2 CPUs, where the runtime
-  now falls back to the slower ``model.onnx``.
+  1.2-1.35x faster on an AVX-512 CPU. Its first format failed at run time on AVX2 CPUs, where the
+  runtime now falls back to the slower ``model.onnx``.
 - ``model.fused.npz`` (DyMN, MobileNetV3): the weights ``--backend fused`` reads. Needs the PyTorch
   model: the bundle's own ``model.pt``, or the checkpoint passed in.
 
@@ -46,7 +46,7 @@ def refresh_bundle(bundle_path: str | Path, checkpoint: str | Path | None = None
     if nchwc_outdated(bundle.manifest):
         before = bundle.manifest.get("nchwc")
         try:
-            bundle = add_nchwc_graph(bundle.path, model if bundle.precision != "int8" else None)
+            bundle = add_nchwc_graph(bundle.path, model)  # an INT8 bundle is checked against its own model.onnx
         except ExportError as e:
             bundle = update_manifest(bundle, {"nchwc": {"included": False, "reason": str(e)}})
             changes.append(f"left out {NCHWC_FILE}: {e}")

@@ -9,8 +9,7 @@ graph with those convolutions as ONNX Runtime's own NCHWc operators (domain com.
 and lets the operator that reorders activations reorder the kernel too, at run time: a (1, C, k, k)
 tensor in NCHWc order is exactly the layout the depthwise kernel reads, whatever the block size,
 so one file serves AVX2 and AVX-512 machines alike (tests/export/test_nchwc.py runs it on an
-emulated AVX2 CPU when qemu-user is installed). dymn10
-``hybrid``, 1 thread, 10 s window:
+emulated AVX2 CPU when qemu-user is installed). dymn10 ``hybrid``, 1 thread, 10 s window:
 20.8 -> 17.7 ms (docs/benchmarks.md).
 
 The result runs only in ONNX Runtime, on CPUs whose build has those kernels (x86), so it ships

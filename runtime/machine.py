@@ -10,7 +10,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["machine_info"]
+__all__ = ["machine_info", "x86_without_vnni"]
 
 _SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd")
 _PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt")
@@ -31,6 +31,19 @@ def _cpuinfo() -> dict[str, str]:
         if not line.strip() and fields:
             break
     return fields
+
+
+def x86_without_vnni() -> bool:
+    """True on an x86 CPU whose /proc/cpuinfo names neither AVX-512 VNNI nor AVX-VNNI.
+
+    ONNX Runtime's integer GEMM there multiplies uint8 by int8 with vpmaddubsw, whose 16-bit pair
+    sums saturate: a model calibrated with uint8 activations agrees less with FP32 (docs/calibration.md).
+    False where it cannot tell (no /proc/cpuinfo) and on other architectures.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return False
+    flags = _cpuinfo().get("flags")
+    return flags is not None and not {"avx512_vnni", "avx_vnni"} & set(flags.split())
 
 
 def machine_info() -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 
 import numpy as np
@@ -210,8 +211,10 @@ def test_pointwise_scope_keeps_the_distilled_dymn_within_the_agreement_target(sh
     assert 0.95 <= fid["top5_agreement"] < 1.0, fid
 
 
-def test_uint8_activations_for_onnxruntime(shared, int8_dir, esc50_validation, reference):
-    """U8S8: activations quantize to uint8 (ONNX Runtime's faster x86 kernels), weights stay int8 per channel."""
+def test_uint8_activations_for_onnxruntime(shared, int8_dir, esc50_validation, reference, monkeypatch, caplog):
+    """U8S8: activations quantize to uint8 (ONNX Runtime's faster x86 kernels), weights stay int8 per
+    channel. Opening such a bundle on an x86 CPU without VNNI warns that they can saturate there;
+    with VNNI, and for int8 activations, it does not."""
     out = calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "u8s8", activations="uint8", samples=32, scope="all",
                            progress=False)
     assert out.manifest["quantization"]["activations"] == "uint8"
@@ -227,6 +230,22 @@ def test_uint8_activations_for_onnxruntime(shared, int8_dir, esc50_validation, r
     assert len(weights) > 30
     fid = fidelity(reference, run_model(out, esc50_validation, timed_runs=0))
     assert 0.7 <= fid["top5_agreement"] < 1.0, fid
+    from dymn_edge.runtime import machine
+
+    monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
+    for flags, warned in (("fpu sse avx2 fma", True), ("avx2 avx512f avx512_vnni", False), ("avx2 avx_vnni", False)):
+        monkeypatch.setattr(machine, "_cpuinfo", lambda flags=flags: {"flags": flags})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.backends"):
+            create_backend("onnxruntime", out, threads=1)
+        assert ("uint8 activations can saturate" in caplog.text) == warned, (flags, caplog.text)
+        assert not warned or "--activations int8" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dymn_edge.runtime.backends"):
+        monkeypatch.setattr(machine, "_cpuinfo", lambda: {"flags": "avx2 fma"})
+        create_backend("onnxruntime", calibrate_bundle(embedded_bundle_path(), shared / "data" / "pool", int8_dir / "s8s8-on-avx2", samples=16,
+                                                       progress=False), threads=1)
+    assert "saturate" not in caplog.text
 
 
 def test_bad_requests(shared, keep_stem_and_classifier, tmp_path):

@@ -126,7 +126,7 @@ def calibrate_bundle(
             info = quantize_qdq(onnx_path, tmp / "model.onnx", data, method=method, keep_fp=list(keep_fp), fallback_to_minmax=defaulted,
                                 activations=activations, scope=scope)
             files = onnx_payload(tmp / "model.onnx", tmp, "model.onnx", "onnx")
-            nchwc_record = _nchwc_payload(files, data) if bundle.family == "dymn" else None
+            nchwc_record = _nchwc_payload(files, data, bundle.manifest["inputs"][0]["shape"][0]) if bundle.family == "dymn" else None
         elif backend == "openvino":
             from .nncf_ov import quantize_openvino
 
@@ -190,19 +190,15 @@ def calibrate_bundle(
     return out
 
 
-def _nchwc_payload(files: dict, data: FeatureSet) -> dict:
+def _nchwc_payload(files: dict, data: FeatureSet, batch: int | None) -> dict:
     """Add model.nchwc.onnx (runtime/nchwc.py) for the depthwise convolutions the INT8 model keeps in float
-    with kernels computed at run time, checked against the INT8 model.onnx itself on two calibration windows."""
-    import onnxruntime as ort
+    with kernels computed at run time, checked against the INT8 model.onnx itself on two calibration windows.
+    ``batch``: the model's fixed batch (the source manifest's), None for a dynamic one."""
+    from dymn_edge.runtime.nchwc import onnxruntime_logits, stage_nchwc
 
-    from dymn_edge.runtime.nchwc import stage_nchwc
-
-    portable = files["model.onnx"][0]
-    session = ort.InferenceSession(str(portable), providers=["CPUExecutionProvider"])
-    batch = session.get_inputs()[0].shape[0]
     batch = batch if isinstance(batch, int) else 1
     probes = [np.concatenate(data.features[i : i + batch]) for i in range(0, min(len(data), 2 * batch) - batch + 1, batch)]
-    expected = [session.run(None, {session.get_inputs()[0].name: x})[0] for x in probes]
+    expected = onnxruntime_logits(files["model.onnx"][0], probes)
     # Both graphs quantize the same tensors with the same scales; only float rounding may differ.
     return stage_nchwc(files, probes, expected, reference="model.onnx", atol=NCHWC_ATOL)
 

@@ -59,17 +59,13 @@ def _with_nchwc(bundle: Bundle, source: ModelSource) -> Bundle:
     """A DyMN bundle cached before model.nchwc.onnx existed, or with an older form of it, gets it
     (again), once (runtime/nchwc.py); when it cannot, the manifest records why, so later runs do
     not try again."""
-    from dymn_edge.export.onnx import add_nchwc_graph
-    from dymn_edge.runtime.bundle import update_manifest
-    from dymn_edge.runtime.errors import ExportError
+    from dymn_edge.export.refresh import refresh_nchwc
     from dymn_edge.train.checkpoint import load_checkpoint
 
     logger.warning("adding model.nchwc.onnx (ONNX Runtime's blocked depthwise kernels) to %s (once)", bundle.path)
-    try:
-        return add_nchwc_graph(bundle.path, load_checkpoint(source.path, expect=source.expect).model)
-    except ExportError as e:
-        logger.warning("%s", e)
-        return update_manifest(bundle, {"nchwc": {"included": False, "reason": str(e)}})
+    bundle, line = refresh_nchwc(bundle, load_checkpoint(source.path, expect=source.expect).model)
+    logger.log(logging.INFO if bundle.manifest["nchwc"]["included"] else logging.WARNING, "%s: %s", bundle.path, line)
+    return bundle
 
 
 def load_tagger(

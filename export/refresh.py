@@ -27,7 +27,21 @@ from dymn_edge.train.checkpoint import load_checkpoint
 from .fused import add_fused_weights
 from .onnx import _family, add_nchwc_graph
 
-__all__ = ["refresh_bundle"]
+__all__ = ["refresh_bundle", "refresh_nchwc"]
+
+
+def refresh_nchwc(bundle: Bundle, model) -> tuple[Bundle, str]:
+    """Add or rewrite ``bundle``'s model.nchwc.onnx (``add_nchwc_graph``, checked against ``model``, or
+    model.onnx when None); when it cannot be made, the manifest records why, so it is not retried.
+    Returns the bundle and a line that says what happened."""
+    before = bundle.manifest.get("nchwc")
+    try:
+        bundle = add_nchwc_graph(bundle.path, model)  # an INT8 bundle is checked against its own model.onnx
+    except ExportError as e:
+        return update_manifest(bundle, {"nchwc": {"included": False, "reason": str(e)}}), f"left out {NCHWC_FILE}: {e}"
+    record = bundle.manifest["nchwc"]
+    return bundle, (f"{'rewrote' if before else 'added'} {NCHWC_FILE} ({record['rewritten']} depthwise convolutions blocked; "
+                    f"max |logit diff| vs {record['reference']} {record['max_abs_logit_diff']:.1e})")
 
 
 def refresh_bundle(bundle_path: str | Path, checkpoint: str | Path | None = None) -> tuple[Bundle, list[str]]:
@@ -44,16 +58,8 @@ def refresh_bundle(bundle_path: str | Path, checkpoint: str | Path | None = None
                           f"{bundle.family} bundle; pass the checkpoint it was exported from")
     changes = []
     if nchwc_outdated(bundle.manifest):
-        before = bundle.manifest.get("nchwc")
-        try:
-            bundle = add_nchwc_graph(bundle.path, model)  # an INT8 bundle is checked against its own model.onnx
-        except ExportError as e:
-            bundle = update_manifest(bundle, {"nchwc": {"included": False, "reason": str(e)}})
-            changes.append(f"left out {NCHWC_FILE}: {e}")
-        else:
-            record = bundle.manifest["nchwc"]
-            changes.append(f"{'rewrote' if before else 'added'} {NCHWC_FILE} ({record['rewritten']} depthwise convolutions blocked; "
-                           f"max |logit diff| vs {record['reference']} {record['max_abs_logit_diff']:.1e})")
+        bundle, line = refresh_nchwc(bundle, model)
+        changes.append(line)
     if bundle.family in ("dymn", "mn") and bundle.precision != "int8" and bundle.file("fused_weights") is None:
         if model is None:
             changes.append(f"left out {FUSED_FILE}: it is made from the PyTorch model, which the bundle does not carry; "

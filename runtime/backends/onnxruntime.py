@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
 
-__all__ = ["NCHWC_ENV", "NCHWC_FILE", "NCHWC_FORMAT", "nchwc_outdated", "OnnxRuntimeBackend", "open_onnxruntime", "preferred_providers"]
+__all__ = ["NCHWC_ENV", "NCHWC_FILE", "NCHWC_FORMAT", "nchwc_outdated", "OnnxRuntimeBackend", "open_onnxruntime", "preferred_providers",
+           "provider_options", "tensorrt_loadable"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +28,8 @@ NCHWC_ENV = "DYMN_EDGE_NCHWC"  # "0": run the portable model.onnx even where mod
 # Execution providers in order of preference; only those this onnxruntime build has are used
 # (onnxruntime-gpu on a Jetson or an NVIDIA GPU has TensorRT and CUDA; PyPI's CPU wheel has neither).
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# TensorRT's core library as ONNX Runtime's TensorRT provider loads it (TensorRT 10; 8 in JetPack 5).
+_NVINFER = ("libnvinfer.so.10", "libnvinfer.so.8")
 
 
 def nchwc_outdated(manifest: dict) -> bool:
@@ -32,9 +39,45 @@ def nchwc_outdated(manifest: dict) -> bool:
     return manifest.get("family") == "dymn" and (record is None or (record["included"] and record.get("format", 1) < NCHWC_FORMAT))
 
 
+@functools.lru_cache(maxsize=1)
+def tensorrt_loadable() -> bool:
+    """Whether TensorRT's library loads here. onnxruntime-gpu lists its TensorRT provider either way;
+    asked for without TensorRT, onnxruntime prints an error banner on stdout (seen on an H200 with
+    onnxruntime-gpu 1.31.1), which would corrupt ``tag --json``, then falls back."""
+    for name in _NVINFER:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def preferred_providers(available: list[str]) -> list[str]:
-    """The providers to ask for, best first; CPU stays last as the fallback for unsupported nodes."""
-    return [p for p in _PREFERRED if p in available]
+    """The providers to ask for, best first; CPU stays last as the fallback for unsupported nodes.
+    TensorRT's provider counts only where TensorRT itself is installed."""
+    return [p for p in _PREFERRED if p in available and (p != "TensorrtExecutionProvider" or tensorrt_loadable())]
+
+
+def provider_options(provider: str) -> dict[str, str]:
+    """What dymn-edge sets for each GPU provider.
+
+    CUDA: no TF32. ONNX Runtime's CUDA provider allows it by default; on an H200 (onnxruntime-gpu
+    1.31.1) that moved logits up to 0.16 from the CPU provider's (the seeded dymn04, `expanded`) and
+    0.022 for mn04_as; without it the largest difference was 2.3e-4 (docs/benchmarks.md).
+    TensorRT: engines are cached, else every process start rebuilds them (minutes on a Jetson).
+    """
+    if provider == "CUDAExecutionProvider":
+        return {"use_tf32": "0"}
+    if provider == "TensorrtExecutionProvider":
+        from ..registry import cache_dir
+
+        cache = cache_dir() / "onnxruntime-tensorrt"
+        cache.mkdir(parents=True, exist_ok=True)  # made here rather than left to the provider
+        cache = str(cache)
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+                "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
+    return {}
 
 
 def _smoke_input(shape: list[int | None]) -> np.ndarray:
@@ -65,15 +108,19 @@ class OnnxRuntimeBackend:
             # streaming pipeline (file mode at 2 threads: 2.8 s -> see docs/streaming.md).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
+        requested = providers is not None
         if providers is None:
             providers = preferred_providers(available)
         missing = [p for p in providers if p not in available]
         if missing:
             raise BackendUnavailableError(f"onnxruntime has no {', '.join(missing)} here (available: {', '.join(available)})")
-        try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own untyped errors for bad models
-            raise BundleError(f"{model_path}: onnxruntime cannot load this model: {e}") from e
+        self.session = _session(ort, model_path, options, providers)
+        if self.session.get_providers()[0] != providers[0]:
+            # onnxruntime falls back when a GPU provider's libraries do not load, saying so only in its log
+            message = f"onnxruntime could not start {providers[0]} (running on {', '.join(self.session.get_providers())})"
+            if requested:
+                raise BackendUnavailableError(f"{message}; its libraries (CUDA, cuDNN, TensorRT) must be installed and on the library path")
+            logger.warning("%s", message)
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         self.input_shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
@@ -93,6 +140,23 @@ class OnnxRuntimeBackend:
             return self.session.run([self.output_name], {self.input_name: features})[0]
         except Exception as e:  # onnxruntime's errors are untyped; they mean model and input disagree
             raise BundleError(f"{self.model_path}: onnxruntime rejected input of shape {features.shape}: {e}") from e
+
+
+def _session(ort, model_path: str | Path, options, providers: list[str]):
+    """The session, with each GPU provider's options; onnxruntime's own prints go to stderr, never stdout."""
+    configured = [(p, provider_options(p)) if provider_options(p) else p for p in providers]
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                return ort.InferenceSession(str(model_path), options, providers=configured)
+            except Exception as e:
+                if configured == providers or "option" not in str(e).lower():
+                    raise
+                # an older onnxruntime that does not know an option (use_tf32 is recent): its defaults, then
+                logger.warning("onnxruntime %s refused dymn-edge's provider options (%s); using its defaults", ort.__version__, e)
+                return ort.InferenceSession(str(model_path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own untyped errors for bad models
+        raise BundleError(f"{model_path}: onnxruntime cannot load this model: {e}") from e
 
 
 def open_onnxruntime(portable: str | Path, nchwc: str | Path | None = None, *, threads: int | None = None,

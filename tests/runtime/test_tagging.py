@@ -109,15 +109,6 @@ def test_bad_arguments(tagger):
             tagger.tag(np.zeros(32000, np.float32), **bad)
 
 
-def test_onnxruntime_prefers_tensorrt_then_cuda_and_keeps_cpu_as_fallback():
-    from dymn_edge.runtime.backends.onnxruntime import preferred_providers
-
-    gpu = ["AzureExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
-    assert preferred_providers(gpu) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert preferred_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert preferred_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-
-
 def test_top_tags_among_a_subset_of_classes():
     from dymn_edge.runtime.labels import audioset_labels
     from dymn_edge.runtime.tagging import top_tags

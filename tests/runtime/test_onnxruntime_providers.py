@@ -1,0 +1,122 @@
+"""Which ONNX Runtime execution providers the runtime asks for, with which options, and what happens
+when onnxruntime-gpu lists a provider whose libraries do not load (as on the lent H200 for TensorRT)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from dymn_edge.runtime.backends import onnxruntime as ort_backend
+from dymn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, preferred_providers, provider_options
+from dymn_edge.runtime.errors import BackendUnavailableError
+from dymn_edge.runtime.registry import embedded_bundle_path
+
+TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+GPU_WHEEL = [TRT, CUDA, CPU]  # onnxruntime-gpu's list, whether or not CUDA and TensorRT are installed
+MODEL = embedded_bundle_path("mn04_as") / "model.onnx"
+
+
+class _Session:
+    """A real CPU session that reports the providers a GPU machine would have started."""
+
+    def __init__(self, session, providers):
+        self._session, self._providers = session, providers
+
+    def get_providers(self):
+        return self._providers
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+class _GpuWheel:
+    """onnxruntime-gpu as a stand-in: records what was asked; the GPU providers in ``starts`` come up,
+    any other falls back to the CPU after the banner onnxruntime prints on stdout."""
+
+    def __init__(self, starts=(), known_options=True):
+        self.SessionOptions, self.__version__ = onnxruntime.SessionOptions, onnxruntime.__version__
+        self.starts, self.known_options, self.asked = set(starts), known_options, []
+
+    def get_available_providers(self):
+        return list(GPU_WHEEL)
+
+    def InferenceSession(self, path, options, providers):
+        self.asked.append(providers)
+        if not self.known_options and any(isinstance(p, tuple) for p in providers):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Unknown provider option: use_tf32")
+        session = onnxruntime.InferenceSession(path, options, providers=[CPU])
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        if names[0] in self.starts:
+            return _Session(session, [n for n in names if n in self.starts or n == CPU])
+        print("*************** EP Error ***************")
+        return _Session(session, [CPU])
+
+
+@pytest.fixture
+def gpu_wheel(monkeypatch, tmp_path):
+    monkeypatch.setenv("DYMN_EDGE_CACHE", str(tmp_path / "cache"))
+
+    def install(**kwargs):
+        fake = _GpuWheel(**kwargs)
+        monkeypatch.setitem(__import__("sys").modules, "onnxruntime", fake)
+        return fake
+    return install
+
+
+def test_tensorrt_is_asked_for_only_where_its_library_loads(monkeypatch):
+    monkeypatch.setattr(ort_backend, "tensorrt_loadable", lambda: True)
+    assert preferred_providers(["AzureExecutionProvider", CPU, CUDA, TRT]) == [TRT, CUDA, CPU]
+    monkeypatch.setattr(ort_backend, "tensorrt_loadable", lambda: False)
+    assert preferred_providers(GPU_WHEEL) == [CUDA, CPU]
+    assert preferred_providers([CUDA, CPU]) == [CUDA, CPU]
+    assert preferred_providers(["AzureExecutionProvider", CPU]) == [CPU]
+
+
+def test_tensorrt_loadable_tries_the_real_library_names(monkeypatch):
+    for names, expected in ((("libnvinfer-not-here.so.10",), False), (("libnvinfer-not-here.so.10", "libc.so.6"), True)):
+        monkeypatch.setattr(ort_backend, "_NVINFER", names)
+        ort_backend.tensorrt_loadable.cache_clear()
+        assert ort_backend.tensorrt_loadable() is expected
+    ort_backend.tensorrt_loadable.cache_clear()
+
+
+def test_gpu_providers_get_fp32_cuda_and_a_tensorrt_engine_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("DYMN_EDGE_CACHE", str(tmp_path))
+    assert provider_options(CUDA) == {"use_tf32": "0"}
+    trt = provider_options(TRT)
+    assert trt["trt_engine_cache_enable"] == "True" and trt["trt_engine_cache_path"] == str(tmp_path / "onnxruntime-tensorrt")
+    assert provider_options(CPU) == {}
+
+
+def test_the_cuda_provider_is_opened_with_its_options(gpu_wheel, monkeypatch):
+    monkeypatch.setattr(ort_backend, "tensorrt_loadable", lambda: False)
+    fake = gpu_wheel(starts={CUDA})
+    backend = OnnxRuntimeBackend(MODEL)
+    assert fake.asked == [[(CUDA, {"use_tf32": "0"}), CPU]]
+    assert backend.providers == [CUDA, CPU]
+    assert backend.infer(np.zeros((1, 1, 128, 100), np.float32)).shape == (1, 527)
+
+
+def test_a_gpu_provider_that_does_not_start_keeps_stdout_clean(gpu_wheel, monkeypatch, capsys, caplog):
+    monkeypatch.setattr(ort_backend, "tensorrt_loadable", lambda: True)  # listed and "installed", but fails to start
+    gpu_wheel(starts=())
+    with caplog.at_level(logging.WARNING):
+        backend = OnnxRuntimeBackend(MODEL)  # the default list: run on what started, and say so
+    assert backend.providers == [CPU]
+    assert "could not start TensorrtExecutionProvider" in caplog.text
+    captured = capsys.readouterr()
+    assert captured.out == "" and "EP Error" in captured.err  # tag --json's stdout holds only JSON
+    with pytest.raises(BackendUnavailableError, match="could not start CUDAExecutionProvider .*running on CPUExecutionProvider"):
+        OnnxRuntimeBackend(MODEL, providers=[CUDA, CPU])  # asked for by name (doctor): an error, not a quiet CPU run
+
+
+def test_an_onnxruntime_that_refuses_the_options_runs_with_its_defaults(gpu_wheel, monkeypatch, caplog):
+    monkeypatch.setattr(ort_backend, "tensorrt_loadable", lambda: False)
+    fake = gpu_wheel(starts={CUDA}, known_options=False)
+    with caplog.at_level(logging.WARNING):
+        backend = OnnxRuntimeBackend(MODEL)
+    assert fake.asked == [[(CUDA, {"use_tf32": "0"}), CPU], [CUDA, CPU]]
+    assert backend.providers == [CUDA, CPU] and "refused dymn-edge's provider options" in caplog.text

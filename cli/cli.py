@@ -37,6 +37,26 @@ class _Group(click.Group):
             raise click.ClickException(str(e)) from e
 
 
+class _BundleOrEmbedded(click.ParamType):
+    """A bundle folder, or the name of a model embedded in the package (for commands that only read it)."""
+
+    name = "BUNDLE"
+
+    def convert(self, value, param, ctx):
+        path = Path(value).expanduser()
+        if path.is_dir():
+            return path
+        from dymn_edge.runtime import registry
+
+        embedded = [n for n in registry.available_models() if registry.get_card(n).embedded]
+        if str(value) in embedded:
+            return registry.embedded_bundle_path(str(value))
+        self.fail(f"{value!r}: no such bundle folder, and not an embedded model ({', '.join(embedded)})", param, ctx)
+
+
+BUNDLE_OR_EMBEDDED = _BundleOrEmbedded()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dymn-edge")
 @click.option("-v", "--verbose", count=True, help="-v for progress details, -vv for debugging.")
@@ -211,7 +231,7 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
 
 
 @export.command("openvino")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("bundle", type=BUNDLE_OR_EMBEDDED)
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--fp16", is_flag=True, help="Compress weights to half precision.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
@@ -374,7 +394,7 @@ def _steady(summary: dict) -> str:
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("bundle", type=BUNDLE_OR_EMBEDDED)
 @click.option("--audio", required=True, type=click.Path(exists=True, path_type=Path), metavar="DIR|CSV", help="Calibration audio: a folder, or a CSV of path[,labels].")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="INT8 bundle folder to write (not needed with --sensitivity).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime", show_default=True)
@@ -425,7 +445,7 @@ def calibrate(bundle, audio, out, backend, method, activations, keep_fp, scope, 
 
 
 @cli.command()
-@click.option("--reference", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="The FP32 bundle.")
+@click.option("--reference", required=True, type=BUNDLE_OR_EMBEDDED, help="The FP32 bundle (a folder, or an embedded model's name).")
 @click.option("--candidate", "candidates", multiple=True, required=True, metavar="BUNDLE[@BACKEND]",
               help="Bundle(s) to judge against the reference; @openvino/@onnxruntime picks the backend. Repeatable.")
 @click.option("--audio", required=True, type=click.Path(exists=True, path_type=Path), metavar="DIR|CSV")

@@ -202,3 +202,13 @@ def test_fetch_and_tag_a_downloaded_model(cli, mn04_checkpoint):
         assert proc.returncode == 1 and "sha256" in proc.stderr
         missing = cli("fetch", "mn20_as", "--base-url", server.url + "/rel/", "--quiet")
         assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_commands_that_only_read_a_bundle_take_an_embedded_name(cli, tmp_path):
+    pytest.importorskip("openvino")
+    proc = cli("export", "openvino", "mn04_as", "-o", tmp_path / "ov")
+    assert proc.returncode == 0, proc.stderr
+    assert "OpenVINO IR" in proc.stdout and json.loads((tmp_path / "ov" / "manifest.json").read_text())["name"] == "mn04_as"
+    bad = cli("calibrate", "mn05_as", "--audio", tmp_path, "-o", tmp_path / "int8")
+    assert bad.returncode == 2
+    assert "'mn05_as': no such bundle folder, and not an embedded model (" in bad.stderr and "dymn04_edge" in bad.stderr

@@ -75,8 +75,7 @@ def provider_options(provider: str) -> dict[str, str]:
         cache = cache_dir() / "onnxruntime-tensorrt"
         cache.mkdir(parents=True, exist_ok=True)  # made here rather than left to the provider
         cache = str(cache)
-        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
-                "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache, "trt_timing_cache_enable": "True"}
     return {}
 
 

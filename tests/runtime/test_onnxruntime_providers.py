@@ -120,3 +120,25 @@ def test_an_onnxruntime_that_refuses_the_options_runs_with_its_defaults(gpu_whee
         backend = OnnxRuntimeBackend(MODEL)
     assert fake.asked == [[(CUDA, {"use_tf32": "0"}), CPU], [CUDA, CPU]]
     assert backend.providers == [CUDA, CPU] and "refused dymn-edge's provider options" in caplog.text
+
+
+def test_an_int8_bundle_on_the_cuda_provider_is_flagged_as_slower_than_fp32(gpu_wheel, monkeypatch, tmp_path, caplog):
+    import json
+    import shutil
+
+    from dymn_edge.runtime.backends import create_backend
+    from dymn_edge.runtime.bundle import load_bundle
+
+    monkeypatch.setattr(ort_backend, "tensorrt_loadable", lambda: False)
+    bundles = {}
+    for precision in ("fp32", "int8"):  # the FP32 model under an INT8 manifest: only the label matters here
+        dest = shutil.copytree(embedded_bundle_path("mn04_as"), tmp_path / precision)
+        manifest = json.loads((dest / "manifest.json").read_text())
+        (dest / "manifest.json").write_text(json.dumps({**manifest, "precision": precision}))
+        bundles[precision] = load_bundle(dest)
+    for starts, precision, warned in (({CUDA}, "int8", True), ({CUDA}, "fp32", False), ((), "int8", False)):
+        gpu_wheel(starts=starts)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            create_backend("onnxruntime", bundles[precision])
+        assert ("has no integer convolutions" in caplog.text) is warned, (starts, precision)

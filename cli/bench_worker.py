@@ -45,13 +45,14 @@ def _runner(spec: dict, x: np.ndarray):
             with torch.inference_mode():
                 model(xt)
 
-        return run, Path(spec["path"]).name
+        return run, Path(spec["path"]).name, None
     from dymn_edge.runtime.backends import create_backend
     from dymn_edge.runtime.bundle import load_bundle
 
     backend = create_backend(spec["backend"], load_bundle(spec["path"]), threads=spec["threads"])
     path = getattr(backend, "model_path", None)
-    return (lambda: backend.infer(x)), (Path(path).name if path else None)
+    # ONNX Runtime's providers: with onnxruntime-gpu the "onnxruntime" rows run on CUDA, not on --threads CPU threads
+    return (lambda: backend.infer(x)), (Path(path).name if path else None), getattr(backend, "providers", None)
 
 
 def peak_rss_mb() -> float:
@@ -72,10 +73,10 @@ def peak_rss_mb() -> float:
 def main() -> None:
     spec = json.loads(sys.argv[1])
     x = features(spec["window_s"], spec["batch"])
-    run, model_file = _runner(spec, x)
+    run, model_file, providers = _runner(spec, x)
     for _ in range(spec.get("warmup", 5)):
         run()
-    print(json.dumps({"ready": True, "torch_loaded": "torch" in sys.modules, "model_file": model_file}), flush=True)
+    print(json.dumps({"ready": True, "torch_loaded": "torch" in sys.modules, "model_file": model_file, "providers": providers}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("stop"):

@@ -47,6 +47,7 @@ class Candidate:
     peak_rss_mb: float | None = None
     torch_loaded: bool | None = None
     model_file: str | None = None  # which file of the bundle the backend ran (ONNX Runtime: model.onnx or model.nchwc.onnx)
+    providers: list[str] | None = None  # ONNX Runtime's execution providers, best first (CUDA where onnxruntime-gpu has it)
 
     @property
     def label(self) -> str:
@@ -59,7 +60,7 @@ class Candidate:
             "model": self.model, "backend": self.backend, "strategy": self.strategy, "threads": self.threads,
             "median_ms": median, "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(ms.min()),
             "windows_per_s": batch * 1000.0 / median, "real_time_factor": median / 1000.0 / (window_s * batch),
-            "peak_rss_mb": self.peak_rss_mb, "torch_loaded": self.torch_loaded, "model_file": self.model_file, "runs": len(ms),
+            "peak_rss_mb": self.peak_rss_mb, "torch_loaded": self.torch_loaded, "model_file": self.model_file, "providers": self.providers, "runs": len(ms),
         }
 
 
@@ -127,7 +128,7 @@ def _start(c: Candidate, window_s: float, batch: int) -> subprocess.Popen:
     if not line:
         raise DymnEdgeError(f"benchmark worker for {c.label} failed to start: {proc.stderr.read().strip().splitlines()[-1:]}")
     ready = json.loads(line)
-    c.torch_loaded, c.model_file = ready["torch_loaded"], ready.get("model_file")
+    c.torch_loaded, c.model_file, c.providers = ready["torch_loaded"], ready.get("model_file"), ready.get("providers")
     return proc
 
 

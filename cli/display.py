@@ -104,7 +104,9 @@ def print_benchmark(report: dict[str, Any]) -> None:
         ratio = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
         # ONNX Runtime on CPU runs a bundle's model.nchwc.onnx where it has one (runtime/nchwc.py).
         strategy = r["strategy"] + (" (nchwc)" if r.get("model_file") == "model.nchwc.onnx" else "")
-        table.add_row(r["model"], r["backend"], strategy, str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
+        providers = r.get("providers") or ["CPUExecutionProvider"]
+        backend = r["backend"] + ("" if providers[0] == "CPUExecutionProvider" else f" ({providers[0].removesuffix('ExecutionProvider')})")
+        table.add_row(r["model"], backend, strategy, str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
                       f"{r['windows_per_s']:.0f}", f"{r['real_time_factor']:.5f}", f"{r['peak_rss_mb']:.0f} MB",
                       ratio(r["speedup_vs_eager"]), ratio(r.get("speedup_vs_naive")), ratio(r["speedup_vs_grouped"]),
                       *((ratio(r.get("speedup_vs_fp32")),) if quantized else ()))

@@ -29,6 +29,7 @@ def test_bench_json_on_the_embedded_bundle(tmp_path):
     # The bundle worker never loads torch, and its peak memory is its own, not the parent's.
     assert ort["torch_loaded"] is False and eager["torch_loaded"] is True
     assert ort["model_file"] == "model.onnx" and eager["model_file"].endswith(".pt")  # mn04_as has no run-time kernels
+    assert ort["providers"] == ["CPUExecutionProvider"] and eager["providers"] is None  # the CPU wheel: no CUDA rows
     assert 30 < ort["peak_rss_mb"] < eager["peak_rss_mb"]
 
 
@@ -79,3 +80,19 @@ def test_bench_bad_input(tmp_path):
     assert proc.returncode == 1 and "nothing to benchmark: no candidate for these models and backends" in proc.stderr
     proc = _bench("no_such_model", cwd=tmp_path)
     assert proc.returncode == 1 and "unknown model 'no_such_model'" in proc.stderr
+
+
+def test_the_table_names_a_gpu_provider_where_onnxruntime_used_one(capsys):
+    """With onnxruntime-gpu the onnxruntime rows run on CUDA, whatever --threads says: the table says so."""
+    from dymn_edge.display import print_benchmark
+
+    row = {"model": "mn04_as", "strategy": "static", "threads": 1, "median_ms": 2.15, "p90_ms": 2.2, "windows_per_s": 465.0,
+           "real_time_factor": 0.0002, "peak_rss_mb": 900.0, "speedup_vs_eager": None, "speedup_vs_grouped": None}
+    report = {"machine": {"cpu": "Intel Xeon", "cores": 16}, "settings": {"batch": 1, "window_s": 10.0, "rounds": 1, "runs_per_round": 5},
+              "results": [{**row, "backend": "onnxruntime", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+                          {**row, "backend": "onnxruntime", "model": "cpu_row", "providers": ["CPUExecutionProvider"]},
+                          {**row, "backend": "torch", "model": "eager_row", "providers": None}]}
+    print_benchmark(report)
+    lines = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("│") > 3}
+    assert "onnxruntime (CUDA)" in lines["mn04_as"]
+    assert "onnxruntime (CUDA)" not in lines["cpu_row"] and "onnxruntime" in lines["cpu_row"]

@@ -4,8 +4,9 @@ and INT8 Q/DQ bundles on the GPU against the same bundles on the CPU.
 For the lent GPU machine (onnxruntime-gpu and an NVIDIA GPU); nothing else in the project needs one.
 
 Latency: per model and batch size, the median and p90 of ``session.run`` with numpy arrays in and out
-(what the runtime does: the host-device copies are included), for the CUDA provider (TF32 allowed,
-ONNX Runtime's default) and the CPU provider with all cores; and of the PyTorch module on the GPU
+(what the runtime does: the host-device copies are included), for the CUDA provider with the
+runtime's options (no TF32; ``--tf32`` allows it, ONNX Runtime's own default, as the H200 run in
+docs/benchmarks.md did) and the CPU provider with all cores; and of the PyTorch module on the GPU
 (``torch.inference_mode``, synchronised). Runs repeat until about ``--seconds`` have passed (at least
 5, at most 100 runs, after 5 warm-ups).
 
@@ -30,14 +31,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from dymn_edge.runtime.backends.onnxruntime import provider_options
 from dymn_edge.runtime.machine import machine_info
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
+TF32 = False  # --tf32
+
+
 def session(path: Path, provider: str) -> ort.InferenceSession:
-    sess = ort.InferenceSession(str(path), providers=[provider, CPU] if provider != CPU else [CPU])
+    options = {**provider_options(provider), **({"use_tf32": "1"} if TF32 else {})}
+    sess = ort.InferenceSession(str(path), providers=[(provider, options), CPU] if provider != CPU else [CPU])
     if sess.get_providers()[0] != provider:  # onnxruntime falls back to the CPU with only a log line
         raise SystemExit(f"{path}: {provider} did not load (providers {sess.get_providers()})")
     return sess
@@ -141,12 +147,16 @@ def main() -> None:
     parser.add_argument("--int8", action="append", default=[], help="NAME=INT8_BUNDLE")
     parser.add_argument("--fp32", action="append", default=[], help="NAME=FP32_BUNDLE, the reference of --int8 NAME")
     parser.add_argument("--features", type=Path, help=".npy of log-mel windows (N, 1, 128, frames) for --int8")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 on the CUDA provider (ONNX Runtime's default; the runtime turns it off)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    global TF32
+    TF32 = args.tf32
     if CUDA not in ort.get_available_providers():
         raise SystemExit(f"onnxruntime {ort.__version__} has no CUDA provider here (available: {ort.get_available_providers()})")
     batches = [int(b) for b in args.batches.split(",")]
-    result = {"machine": machine_info(), "onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "latency": [], "int8": []}
+    result = {"machine": machine_info(), "onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "tf32": TF32,
+              "latency": [], "int8": []}
     try:
         import torch
 

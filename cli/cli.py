@@ -84,7 +84,8 @@ def _positive_seconds(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
 @click.option("--all-scores", is_flag=True, help="With --json: every class's probability, in label order.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the backend's).")
-@click.option("--device", default=None, help="OpenVINO device (CPU, GPU, NPU); default CPU.")
+@click.option("--device", default=None,
+              help="onnxruntime: CPU, CUDA or TensorRT (default: the best this onnxruntime has); openvino: CPU, GPU or NPU (default CPU).")
 def tag(audio, model, backend, top_k, window_s, hop_s, as_json, all_scores, threads, device):
     """Tag audio files with AudioSet labels (sigmoid probabilities, best first)."""
     from dymn_edge.loader import load_tagger
@@ -339,7 +340,7 @@ def _print_devices() -> None:
 @click.argument("model", required=False, metavar="[BUNDLE]")
 @click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default=None, help="Default: onnxruntime for bundles.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the backend's).")
-@click.option("--backend-device", default=None, help="OpenVINO device (CPU, GPU, NPU).")
+@click.option("--backend-device", default=None, help="onnxruntime: CPU, CUDA or TensorRT (default: the best present); openvino: CPU, GPU or NPU.")
 @click.option("--device", default=None, metavar="NAME|INDEX", help="Microphone (see --list-devices); default: the system's default input.")
 @click.option("--list-devices", is_flag=True, help="List audio input devices and exit.")
 @click.option("--input", "input_spec", default=None, metavar="FILE|-", help="Read a file (as fast as possible) or raw PCM from stdin instead of a microphone.")

@@ -212,3 +212,10 @@ def test_commands_that_only_read_a_bundle_take_an_embedded_name(cli, tmp_path):
     bad = cli("calibrate", "mn05_as", "--audio", tmp_path, "-o", tmp_path / "int8")
     assert bad.returncode == 2
     assert "'mn05_as': no such bundle folder, and not an embedded model (" in bad.stderr and "dymn04_edge" in bad.stderr
+
+
+def test_tag_device_for_onnxruntime(cli):
+    (on_cpu,) = _json_lines(cli("tag", "--json", "--device", "cpu", DEMO))
+    assert on_cpu["tags"][0]["label"] == "Whale vocalization"
+    gpu = cli("tag", "--device", "CUDA", DEMO)  # PyPI's CPU wheel: no CUDA provider
+    assert gpu.returncode == 1 and "onnxruntime has no CUDAExecutionProvider here (available: " in gpu.stderr

@@ -56,7 +56,7 @@ def _open(name: str, bundle: Bundle, *, threads: int | None, device: str | None,
             logger.warning("%s: its uint8 activations can saturate in ONNX Runtime's integer kernels on this CPU, which has no VNNI; "
                            "on an AVX2 CPU mn04_as kept FP32's top 5 in 0.935 of the ESC-50 clips instead of 0.959 "
                            "(docs/calibration.md). Calibrate with --activations int8 for this machine.", bundle.path)
-        backend = open_onnxruntime(bundle.require("onnx"), bundle.file("onnx_nchwc"), threads=threads, spin=spin)
+        backend = open_onnxruntime(bundle.require("onnx"), bundle.file("onnx_nchwc"), threads=threads, spin=spin, device=device)
         if bundle.precision == "int8" and backend.providers[0] == "CUDAExecutionProvider":
             logger.warning("%s: ONNX Runtime's CUDA provider has no integer convolutions, so this INT8 bundle's quantize/dequantize "
                            "pairs run in float: on an H200 INT8 took 1.13x (mn04_as) and 1.30x (dymn04_edge) the FP32 bundle's time "

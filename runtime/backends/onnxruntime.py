@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
 
-__all__ = ["NCHWC_ENV", "NCHWC_FILE", "NCHWC_FORMAT", "nchwc_outdated", "OnnxRuntimeBackend", "open_onnxruntime", "preferred_providers",
-           "provider_options", "tensorrt_loadable"]
+__all__ = ["DEVICES", "NCHWC_ENV", "NCHWC_FILE", "NCHWC_FORMAT", "nchwc_outdated", "OnnxRuntimeBackend", "open_onnxruntime",
+           "preferred_providers", "provider_options", "tensorrt_loadable"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,12 @@ NCHWC_ENV = "DYMN_EDGE_NCHWC"  # "0": run the portable model.onnx even where mod
 # Execution providers in order of preference; only those this onnxruntime build has are used
 # (onnxruntime-gpu on a Jetson or an NVIDIA GPU has TensorRT and CUDA; PyPI's CPU wheel has neither).
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# ``--device`` for ONNX Runtime: the providers asked for, which must start (the CPU one stays as the fallback for nodes).
+DEVICES = {
+    "CPU": ["CPUExecutionProvider"],
+    "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "TENSORRT": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
 # TensorRT's core library as ONNX Runtime's TensorRT provider loads it (TensorRT 10; 8 in JetPack 5).
 _NVINFER = ("libnvinfer.so.10", "libnvinfer.so.8")
 
@@ -159,7 +165,7 @@ def _session(ort, model_path: str | Path, options, providers: list[str]):
 
 
 def open_onnxruntime(portable: str | Path, nchwc: str | Path | None = None, *, threads: int | None = None,
-                     spin: bool = True) -> OnnxRuntimeBackend:
+                     spin: bool = True, device: str | None = None) -> OnnxRuntimeBackend:
     """The bundle's model in ONNX Runtime: ``nchwc`` (model.nchwc.onnx) where it runs, else ``portable``.
 
     The blocked form is for the CPU provider alone (its operators exist nowhere else) and needs an
@@ -169,17 +175,25 @@ def open_onnxruntime(portable: str | Path, nchwc: str | Path | None = None, *, t
     channels did so on AVX2). Where it does not load or run, and with DYMN_EDGE_NCHWC=0, the
     portable model.onnx runs. Both compute the same logits (export checks each against PyTorch);
     ``backend.model_path`` says which one runs.
+
+    ``device`` (CPU, CUDA or TensorRT; any case) asks for those providers and fails if they do not
+    start; by default the best this onnxruntime build has is used (``preferred_providers``).
     """
+    providers = None
+    if device is not None:
+        providers = DEVICES.get(device.upper())
+        if providers is None:
+            raise BackendUnavailableError(f"onnxruntime device {device!r}: expected one of CPU, CUDA, TensorRT")
     if nchwc is not None and os.environ.get(NCHWC_ENV, "1") != "0":
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
-        if preferred_providers(ort.get_available_providers()) == ["CPUExecutionProvider"]:
+        if (providers or preferred_providers(ort.get_available_providers())) == ["CPUExecutionProvider"]:
             try:
-                blocked = OnnxRuntimeBackend(nchwc, threads=threads, spin=spin)
+                blocked = OnnxRuntimeBackend(nchwc, threads=threads, spin=spin, providers=providers)
                 blocked.infer(_smoke_input(blocked.input_shape))
                 return blocked
             except BundleError as e:
                 logger.info("running %s instead of %s: %s", Path(portable).name, Path(nchwc).name, e)
-    return OnnxRuntimeBackend(portable, threads=threads, spin=spin)
+    return OnnxRuntimeBackend(portable, threads=threads, spin=spin, providers=providers)

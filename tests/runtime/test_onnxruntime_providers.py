@@ -142,3 +142,21 @@ def test_an_int8_bundle_on_the_cuda_provider_is_flagged_as_slower_than_fp32(gpu_
         with caplog.at_level(logging.WARNING):
             create_backend("onnxruntime", bundles[precision])
         assert ("has no integer convolutions" in caplog.text) is warned, (starts, precision)
+
+
+def test_device_picks_the_providers_and_insists_on_them(gpu_wheel, monkeypatch):
+    from dymn_edge.runtime.backends.onnxruntime import open_onnxruntime
+
+    edge = embedded_bundle_path("dymn04_edge")
+    cpu = open_onnxruntime(edge / "model.onnx", edge / "model.nchwc.onnx", device="cpu")  # this machine's CPU wheel
+    assert cpu.providers == [CPU] and cpu.model_path.name == "model.nchwc.onnx"  # the CPU's blocked kernels still apply
+    with pytest.raises(BackendUnavailableError, match="onnxruntime has no CUDAExecutionProvider here"):
+        open_onnxruntime(MODEL, device="CUDA")
+    with pytest.raises(BackendUnavailableError, match="device 'gpu': expected one of CPU, CUDA, TensorRT"):
+        open_onnxruntime(MODEL, device="gpu")
+    monkeypatch.setattr(ort_backend, "tensorrt_loadable", lambda: False)
+    fake = gpu_wheel(starts={CUDA})
+    assert open_onnxruntime(MODEL, device="CPU").providers == [CPU] and fake.asked[-1] == [CPU]  # a GPU machine, run on its CPU
+    assert open_onnxruntime(MODEL, device="cuda").providers == [CUDA, CPU]
+    with pytest.raises(BackendUnavailableError, match="could not start TensorrtExecutionProvider"):
+        open_onnxruntime(MODEL, device="TensorRT")  # listed by the wheel, asked for by name, did not start

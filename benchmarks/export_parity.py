@@ -7,8 +7,8 @@ log-mels). Prints a markdown table and writes benchmarks/results/export_parity.j
     python benchmarks/export_parity.py [--shared ../shared] [--backends onnxruntime,openvino]
 
 Backends: ``onnxruntime`` and ``openvino`` (CPU, FP32), and where onnxruntime-gpu and an NVIDIA GPU
-are present ``onnxruntime-cuda`` (the CUDA provider as the runtime opens it: TF32 allowed, ONNX
-Runtime's default) and ``onnxruntime-cuda-fp32`` (``use_tf32=0``). A CUDA row records the operators
+are present ``onnxruntime-cuda`` (the CUDA provider with ONNX Runtime's default, TF32 allowed) and
+``onnxruntime-cuda-fp32`` (``use_tf32=0``, as the runtime opens it). A CUDA row records the operators
 that ONNX Runtime left on the CPU, read from its profile.
 """
 

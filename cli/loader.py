@@ -81,6 +81,8 @@ def load_tagger(
     source = resolve_model(spec, progress=progress)
     bundle = load_bundle(source.path) if source.kind == "bundle" else None
     backend = backend or default_backend(source, bundle)
+    if device is not None and backend not in ("onnxruntime", "openvino"):
+        raise BackendUnavailableError(f"a device ({device!r}) can be chosen for the onnxruntime and openvino backends, not for {backend}")
     if backend == "torch":
         require_torch("--backend torch")
         from dymn_edge.train.inference import torch_tagger

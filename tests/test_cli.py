@@ -219,3 +219,5 @@ def test_tag_device_for_onnxruntime(cli):
     assert on_cpu["tags"][0]["label"] == "Whale vocalization"
     gpu = cli("tag", "--device", "CUDA", DEMO)  # PyPI's CPU wheel: no CUDA provider
     assert gpu.returncode == 1 and "onnxruntime has no CUDAExecutionProvider here (available: " in gpu.stderr
+    fused = cli("tag", "--backend", "fused", "--device", "CUDA", DEMO)  # not silently ignored
+    assert fused.returncode == 1 and "a device ('CUDA') can be chosen for the onnxruntime and openvino backends, not for fused" in fused.stderr

@@ -32,8 +32,9 @@ from dymn_edge.train.checkpoint import load_checkpoint
 from dymn_edge.train.models import DyMNConfig
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 from seeded_models import seeded_reference_model  # noqa: E402  (the fixtures' seeding recipe)
+from ort_cuda import session as cuda_session  # noqa: E402  (benchmarks/: a provider that must start, with the runtime's options)
 
 
 def _dymn04(fx: Path):
@@ -74,11 +75,7 @@ def _cuda_session(path: Path, tf32: bool, profile_dir: str) -> ort.InferenceSess
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(profile_dir) / "ort")
-    cuda = ("CUDAExecutionProvider", {"use_tf32": "1" if tf32 else "0"})
-    session = ort.InferenceSession(str(path), options, providers=[cuda, "CPUExecutionProvider"])
-    if session.get_providers()[0] != "CUDAExecutionProvider":  # onnxruntime falls back to the CPU with only a log line
-        raise SystemExit(f"{path}: the CUDA provider did not load (providers {session.get_providers()})")
-    return session
+    return cuda_session(path, "CUDAExecutionProvider", tf32=tf32, options=options)
 
 
 def _cpu_ops(session: ort.InferenceSession) -> dict[str, int]:

@@ -38,12 +38,10 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-TF32 = False  # --tf32
-
-
-def session(path: Path, provider: str) -> ort.InferenceSession:
-    options = {**provider_options(provider), **({"use_tf32": "1"} if TF32 else {})}
-    sess = ort.InferenceSession(str(path), providers=[(provider, options), CPU] if provider != CPU else [CPU])
+def session(path: Path, provider: str, *, tf32: bool = False, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """``provider`` with the runtime's options (``tf32`` allows TF32 on CUDA), failing where it does not start."""
+    configured = {**provider_options(provider), **({"use_tf32": "1"} if tf32 else {})}
+    sess = ort.InferenceSession(str(path), options, providers=[(provider, configured), CPU] if provider != CPU else [CPU])
     if sess.get_providers()[0] != provider:  # onnxruntime falls back to the CPU with only a log line
         raise SystemExit(f"{path}: {provider} did not load (providers {sess.get_providers()})")
     return sess
@@ -66,10 +64,10 @@ def window(batch: int, frames: int = 1000, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(-4.0, 2.0, (batch, 1, 128, frames)).astype(np.float32)
 
 
-def latency_rows(name: str, onnx_path: Path, checkpoint: str | None, batches: list[int], seconds: float) -> list[dict]:
+def latency_rows(name: str, onnx_path: Path, checkpoint: str | None, batches: list[int], seconds: float, tf32: bool) -> list[dict]:
     rows = []
     for provider in (CUDA, CPU):
-        sess = session(onnx_path, provider)
+        sess = session(onnx_path, provider, tf32=tf32)
         feed = sess.get_inputs()[0].name
         fixed = sess.get_inputs()[0].shape[0]
         for batch in batches if not isinstance(fixed, int) else [fixed]:  # a fixed-batch export runs at its own batch
@@ -109,15 +107,15 @@ def top5(logits: np.ndarray) -> np.ndarray:
     return np.sort(np.argsort(-logits, axis=1)[:, :5], axis=1)
 
 
-def int8_rows(int8: dict[str, Path], fp32: dict[str, Path], features: np.ndarray) -> list[dict]:
+def int8_rows(int8: dict[str, Path], fp32: dict[str, Path], features: np.ndarray, tf32: bool) -> list[dict]:
     rows = []
     for name, bundle in int8.items():
         logits = {}
         for provider in (CUDA, CPU):
-            sess = session(bundle / "model.onnx", provider)
+            sess = session(bundle / "model.onnx", provider, tf32=tf32)
             feed = sess.get_inputs()[0].name
             logits[provider] = np.concatenate([sess.run(None, {feed: features[i : i + 1]})[0] for i in range(len(features))])
-        ref_sess = session(fp32[name] / "model.onnx", CUDA)
+        ref_sess = session(fp32[name] / "model.onnx", CUDA, tf32=tf32)
         feed = ref_sess.get_inputs()[0].name
         ref = np.concatenate([ref_sess.run(None, {feed: features[i : i + 1]})[0] for i in range(len(features))])
         row = {"model": name, "bundle": str(bundle), "windows": len(features),
@@ -150,12 +148,10 @@ def main() -> None:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 on the CUDA provider (ONNX Runtime's default; the runtime turns it off)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    global TF32
-    TF32 = args.tf32
     if CUDA not in ort.get_available_providers():
         raise SystemExit(f"onnxruntime {ort.__version__} has no CUDA provider here (available: {ort.get_available_providers()})")
     batches = [int(b) for b in args.batches.split(",")]
-    result = {"machine": machine_info(), "onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "tf32": TF32,
+    result = {"machine": machine_info(), "onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "tf32": args.tf32,
               "latency": [], "int8": []}
     try:
         import torch
@@ -165,7 +161,7 @@ def main() -> None:
         result["gpu"] = f"unknown ({e})"
     for name, spec in named_paths(args.model, "--model").items():
         onnx_path, _, checkpoint = spec.partition(":")
-        result["latency"] += latency_rows(name, Path(onnx_path), checkpoint or None, batches, args.seconds)
+        result["latency"] += latency_rows(name, Path(onnx_path), checkpoint or None, batches, args.seconds, args.tf32)
     if args.int8:
         fp32 = {k: Path(v) for k, v in named_paths(args.fp32, "--fp32").items()}
         int8 = {k: Path(v) for k, v in named_paths(args.int8, "--int8").items()}
@@ -173,7 +169,7 @@ def main() -> None:
         if missing or args.features is None:
             raise SystemExit(f"--int8 needs --features and a --fp32 for each of {', '.join(int8)} (missing: {', '.join(missing) or '--features'})")
         features = np.load(args.features).astype(np.float32)
-        result["int8"] = int8_rows(int8, fp32, features)
+        result["int8"] = int8_rows(int8, fp32, features, args.tf32)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

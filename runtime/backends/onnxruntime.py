@@ -149,7 +149,8 @@ class OnnxRuntimeBackend:
 
 def _session(ort, model_path: str | Path, options, providers: list[str]):
     """The session, with each GPU provider's options; onnxruntime's own prints go to stderr, never stdout."""
-    configured = [(p, provider_options(p)) if provider_options(p) else p for p in providers]
+    extras = {p: provider_options(p) for p in providers}  # once each: TensorRT's makes its cache folder
+    configured = [(p, extras[p]) if extras[p] else p for p in providers]
     try:
         with contextlib.redirect_stdout(sys.stderr):
             try:

@@ -302,7 +302,7 @@ def bench(models, backends, strategies, threads, batch, window_s, rounds, as_jso
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("bundle", type=BUNDLE_OR_EMBEDDED)
 @click.option("--target", "targets", multiple=True,
               type=click.Choice(["tensorrt", "tensorrt-8.5", "tensorrt-8.6", "tensorrt-10", "onnxruntime", "openvino"]),
               help="Repeatable; tensorrt means 8.5, 8.6 and 10. Default: all.")
@@ -310,10 +310,14 @@ def bench(models, backends, strategies, threads, batch, window_s, rounds, as_jso
 @click.option("--no-record", is_flag=True, help="Do not write the verdicts into the bundle's manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def lint(bundle, targets, int8, no_record, as_json):
-    """Check a bundle's ONNX graph against what each deployment target supports; exit 1 on errors."""
-    from dymn_edge.runtime.lint import TARGETS, lint_bundle
+    """Check a bundle's ONNX graph against what each deployment target supports; exit 1 on errors.
 
-    reports = lint_bundle(bundle, targets or TARGETS, int8=int8, record=not no_record)
+    BUNDLE may name an embedded model; its verdicts are printed but never written into the installed package.
+    """
+    from dymn_edge.runtime.lint import TARGETS, lint_bundle
+    from dymn_edge.runtime.registry import is_embedded_bundle
+
+    reports = lint_bundle(bundle, targets or TARGETS, int8=int8, record=not no_record and not is_embedded_bundle(bundle))
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
     else:

@@ -25,6 +25,7 @@ __all__ = [
     "cache_dir",
     "demo_clip_path",
     "embedded_bundle_path",
+    "is_embedded_bundle",
     "get_card",
 ]
 
@@ -110,6 +111,12 @@ def cache_dir() -> Path:
 def demo_clip_path() -> Path:
     """The shipped demo recording: 10 s of NPS humpback whale song (public domain, see NOTICE)."""
     return Path(str(resources.files(__package__).joinpath("assets", "demo", "humpback_whale.flac")))
+
+
+def is_embedded_bundle(path: Path) -> bool:
+    """Whether ``path`` is one of the bundles shipped inside the package (which commands must not modify)."""
+    shipped = Path(str(resources.files(__package__).joinpath("assets", "models"))).resolve()
+    return Path(path).resolve().parent == shipped
 
 
 def embedded_bundle_path(name: str = DEFAULT_MODEL) -> Path:

@@ -70,6 +70,21 @@ def test_embedded_bundle_passes_every_target_and_records_it(tmp_path):
     assert recorded["tensorrt-8.5"]["warnings"] == 1 and recorded["tensorrt-10"]["warnings"] == 0
 
 
+def test_an_embedded_model_is_linted_by_name_and_the_package_is_left_alone():
+    manifest = embedded_bundle_path("dymn04_edge") / "manifest.json"
+    before = manifest.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "dymn_edge", "lint", "dymn04_edge", "--target", "tensorrt-10", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [report] = json.loads(proc.stdout)
+    # its 1x1 and depthwise kernels are computed at run time: TensorRT builds them, but not in INT8
+    assert report["target"] == "tensorrt-10" and report["passed"]
+    assert [f["check"] for f in report["findings"]] == ["constant-weights"]
+    assert manifest.read_bytes() == before
+    bad = subprocess.run([sys.executable, "-m", "dymn_edge", "lint", "no_such_model"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not an embedded model" in bad.stderr and "dymn04_edge" in bad.stderr
+
+
 @pytest.fixture(scope="module")
 def dymn04_graphs(fixtures_dir, tmp_path_factory):
     model = load_checkpoint(fixtures_dir / "dymn04_reference_weights.pt").model

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from dymn_edge import __version__
+from dymn_edge.bundle_param import BUNDLE_OR_EMBEDDED
 from dymn_edge.doctor import doctor
 from dymn_edge.export_tensorrt import export_tensorrt_cmd
 from dymn_edge.training import train
@@ -35,26 +36,6 @@ class _Group(click.Group):
             raise click.ClickException(str(e)) from e
         except FileNotFoundError as e:
             raise click.ClickException(str(e)) from e
-
-
-class _BundleOrEmbedded(click.ParamType):
-    """A bundle folder, or the name of a model embedded in the package (for commands that only read it)."""
-
-    name = "BUNDLE"
-
-    def convert(self, value, param, ctx):
-        path = Path(value).expanduser()
-        if path.is_dir():
-            return path
-        from dymn_edge.runtime import registry
-
-        embedded = [n for n in registry.available_models() if registry.get_card(n).embedded]
-        if str(value) in embedded:
-            return registry.embedded_bundle_path(str(value))
-        self.fail(f"{value!r}: no such bundle folder, and not an embedded model ({', '.join(embedded)})", param, ctx)
-
-
-BUNDLE_OR_EMBEDDED = _BundleOrEmbedded()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -19,6 +19,7 @@ import click
 import numpy as np
 
 from dymn_edge import __version__
+from dymn_edge.bundle_param import BUNDLE_OR_EMBEDDED
 from dymn_edge.runtime.errors import DymnEdgeError
 
 __all__ = ["PARITY_ATOL", "check_bundle", "doctor", "probe_components"]
@@ -198,7 +199,7 @@ def _print(components: dict[str, dict[str, Any]], bundle: Path | None, rows: lis
 
 
 @click.command()
-@click.argument("bundle", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("bundle", required=False, type=BUNDLE_OR_EMBEDDED)
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON object.")
 def doctor(bundle, as_json):
     """Show which backends and devices this machine has; with BUNDLE, run it on each and compare with ONNX Runtime CPU."""

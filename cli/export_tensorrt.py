@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from dymn_edge.bundle_param import BUNDLE_OR_EMBEDDED
+
 __all__ = ["export_tensorrt_cmd"]
 
 
@@ -22,7 +24,7 @@ def _batch_range(ctx, param, value):
 
 
 @click.command("tensorrt")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("bundle", type=BUNDLE_OR_EMBEDDED)
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--fp16", is_flag=True, help="Let TensorRT use FP16 kernels (TensorRT 8.5 to 10.x).")
 @click.option("--int8", is_flag=True, help="INT8: needs --calibration-cache, or a Q/DQ bundle from `dymn-edge calibrate --backend tensorrt`.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -212,6 +213,13 @@ def test_commands_that_only_read_a_bundle_take_an_embedded_name(cli, tmp_path):
     bad = cli("calibrate", "mn05_as", "--audio", tmp_path, "-o", tmp_path / "int8")
     assert bad.returncode == 2
     assert "'mn05_as': no such bundle folder, and not an embedded model (" in bad.stderr and "dymn04_edge" in bad.stderr
+    doctor = cli("doctor", "mn04_as", "--json")
+    assert doctor.returncode == 0, doctor.stderr
+    runs = {r["backend"]: r for r in json.loads(doctor.stdout)["runs"]}
+    assert runs["onnxruntime"]["status"] == "reference" and runs["openvino"]["status"] == "ok"
+    if importlib.util.find_spec("tensorrt") is None:  # gets past the argument, as far as the missing TensorRT
+        trt = cli("export", "tensorrt", "mn04_as", "-o", tmp_path / "trt")
+        assert trt.returncode == 1 and "TensorRT is not installed" in trt.stderr
 
 
 def test_tag_device_for_onnxruntime(cli):

@@ -199,7 +199,8 @@ def export_onnx_cmd(model, out, strategy, opset, batch, window_s, name, no_check
     if choice:
         for backend, by_strategy in choice["timings_ms"].items():
             timings = ", ".join(f"{s} {ms:.1f} ms" for s, ms in sorted(by_strategy.items(), key=lambda kv: kv[1]))
-            click.echo(f"  auto: {backend} -> {choice['chosen'][backend]} ({timings}; {choice['threads']} thread)")
+            device = choice.get("devices", {}).get(backend, "CPU").removesuffix("ExecutionProvider")  # older bundles: CPU
+            click.echo(f"  auto: {backend} -> {choice['chosen'][backend]} ({timings}; {device}, {choice['threads']} thread)")
         click.echo(f"  auto: INT8 calibration -> {choice['int8']['strategy']} ({choice['int8']['file']}; it quantizes best, docs/calibration.md)")
     for key, what in (("nchwc", "for ONNX Runtime on CPU"), ("fused", "")):
         record = bundle.manifest.get(key)

@@ -24,14 +24,17 @@ logger = logging.getLogger(__name__)
 AUTO_BACKENDS = ("onnxruntime", "openvino")
 
 
-def _runner(backend: str, path: Path, threads: int, frames: int):
+def _runner(backend: str, path: Path, threads: int, frames: int) -> tuple[object, str]:
+    """(infer, where it runs): the device the timings describe, as the runtime would open it here."""
     if backend == "onnxruntime":
         from dymn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, threads=threads).infer
+        ort = OnnxRuntimeBackend(path, threads=threads)
+        return ort.infer, ort.session.get_providers()[0]
     from dymn_edge.runtime.backends.openvino import OpenVinoBackend
 
-    return OpenVinoBackend(path, threads=threads, static_frames=frames).infer
+    ov = OpenVinoBackend(path, threads=threads, static_frames=frames)
+    return ov.infer, ov.device
 
 
 def measure_strategies(
@@ -43,26 +46,29 @@ def measure_strategies(
     rounds: int = 5,
     runs_per_round: int = 4,
     own: dict[str, dict[str, Path]] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Median latency (ms) of each strategy's ONNX file on each installed backend: {backend: {strategy: ms}}.
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Median latency (ms) of each strategy's ONNX file on each installed backend, {backend: {strategy: ms}},
+    and where each backend ran them, {backend: device}: on a machine with onnxruntime-gpu ONNX Runtime
+    runs (and is timed) on its CUDA provider, as the runtime would run the bundle there.
 
     ``own``: {backend: {strategy: file}} where a backend runs another form of that strategy's graph
     (ONNX Runtime's model.nchwc.onnx). Backends that are not installed are skipped (logged); at
     least ONNX Runtime always is.
     """
     runners: dict[tuple[str, str], object] = {}
+    devices: dict[str, str] = {}
     for backend in backends:
         for strategy, path in models.items():
             path = (own or {}).get(backend, {}).get(strategy, path)
             try:
-                runners[backend, strategy] = _runner(backend, path, threads, features.shape[-1])
+                runners[backend, strategy], devices[backend] = _runner(backend, path, threads, features.shape[-1])
             except BackendUnavailableError as e:
                 logger.info("auto strategy: skipping %s (%s)", backend, e)
                 break
     result: dict[str, dict[str, float]] = {}
     for (backend, strategy), ms in interleaved_medians(runners, features, rounds=rounds, runs_per_round=runs_per_round).items():
         result.setdefault(backend, {})[strategy] = round(ms, 3)
-    return result
+    return result, devices
 
 
 def interleaved_medians(runners: dict, features: np.ndarray, *, rounds: int, runs_per_round: int, warmup: int = 2) -> dict:

@@ -431,11 +431,11 @@ def _choose(exported: dict[str, Path], features: np.ndarray, failures: dict[str,
         if write_nchwc(path, dest, features).rewritten and open_onnxruntime(path, dest).model_path == dest:
             blocked[strategy] = dest
     threads = 1
-    timings = measure_strategies(exported, features, threads=threads, own={"onnxruntime": blocked})
+    timings, devices = measure_strategies(exported, features, threads=threads, own={"onnxruntime": blocked})
     chosen = fastest(timings)
-    logger.info("auto strategy: %s (median ms: %s)", chosen, timings)
+    logger.info("auto strategy: %s (median ms: %s, on %s)", chosen, timings, devices)
     return {"method": "fastest median latency of the parity-checked strategies, measured at export",
-            "threads": threads, "input_shape": list(features.shape), "timings_ms": timings, "chosen": chosen,
+            "threads": threads, "input_shape": list(features.shape), "timings_ms": timings, "devices": devices, "chosen": chosen,
             "onnxruntime_nchwc": sorted(blocked),
             "rejected": failures, "machine": machine_info()}
 

@@ -97,6 +97,23 @@ def test_label_count_must_match(mn04_checkpoint, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_auto_times_onnxruntime_where_the_runtime_would_run_it_and_says_where(monkeypatch):
+    """On a machine with onnxruntime-gpu, ONNX Runtime's strategies are timed on its CUDA provider,
+    as tagging would run them there, and the record says so; where CUDA does not start, the CPU."""
+    from fake_onnxruntime_gpu import CPU, CUDA, MODEL, install_gpu_wheel
+
+    from dymn_edge.export.auto import measure_strategies
+    from dymn_edge.runtime.backends import onnxruntime as ort_backend
+
+    monkeypatch.setattr(ort_backend, "tensorrt_loadable", lambda: False)
+    x = np.zeros((1, 1, 128, 1000), np.float32)
+    for starts, device in (((CUDA,), CUDA), ((), CPU)):
+        wheel = install_gpu_wheel(monkeypatch, starts=starts)
+        timings, devices = measure_strategies({"a": MODEL, "b": MODEL}, x, backends=("onnxruntime",), rounds=1, runs_per_round=1)
+        assert devices == {"onnxruntime": device} and set(timings["onnxruntime"]) == {"a", "b"}
+        assert [p[0] if isinstance(p, tuple) else p for p in wheel.asked[0]] == [CUDA, CPU]
+
+
 def test_auto_strategy_measures_every_backend_and_records_the_choice(fixtures_dir, tmp_path):
     from dymn_edge.runtime.tagging import Tagger
 
@@ -106,6 +123,7 @@ def test_auto_strategy_measures_every_backend_and_records_the_choice(fixtures_di
     choice = bundle.manifest["strategy_choice"]
     backends = {"onnxruntime", "openvino"} if _has_openvino() else {"onnxruntime"}
     assert set(choice["timings_ms"]) == backends and set(choice["chosen"]) == backends
+    assert choice["devices"] == {"onnxruntime": "CPUExecutionProvider", **({"openvino": "CPU"} if _has_openvino() else {})}
     for backend, timings in choice["timings_ms"].items():
         assert set(timings) == set(STRATEGIES) and all(ms > 0 for ms in timings.values())
         assert choice["chosen"][backend] == min(timings, key=timings.get)  # the fastest one, as measured

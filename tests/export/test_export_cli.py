@@ -77,7 +77,7 @@ def test_export_auto_from_the_cli_reports_every_choice(tmp_path):
     assert choice["devices"] == {"onnxruntime": "CPUExecutionProvider", "openvino": "CPU"}  # PyPI's CPU wheels here
     for backend, chosen in choice["chosen"].items():
         assert f"  auto: {backend} -> {chosen} (" in proc.stdout
-        assert f"; CPU, 1 thread)" in proc.stdout.split(f"  auto: {backend} -> ", 1)[1].splitlines()[0]
+        assert "; CPU, 1 thread)" in proc.stdout.split(f"  auto: {backend} -> ", 1)[1].splitlines()[0]
     int8 = choice["int8"]
     assert f"  auto: INT8 calibration -> grouped ({int8['file']}; it quantizes best" in proc.stdout
     assert int8["file"] in bundle.manifest["files"] and bundle.int8_source("openvino") == (bundle.path / int8["file"], "grouped")

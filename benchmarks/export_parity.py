@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +84,7 @@ def _cpu_ops(session: ort.InferenceSession) -> dict[str, int]:
     events = json.loads(Path(session.end_profiling()).read_text())
     nodes = {e["name"]: e["args"]["op_name"] for e in events
              if e.get("cat") == "Node" and e.get("args", {}).get("provider") == "CPUExecutionProvider"}
-    counts: dict[str, int] = {}
-    for op in nodes.values():
-        counts[op] = counts.get(op, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(nodes.values()).items()))
 
 
 def _run(path: Path, backend: str, profile_dir: str):

@@ -30,7 +30,7 @@ def _runner(backend: str, path: Path, threads: int, frames: int) -> tuple[object
         from dymn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         ort = OnnxRuntimeBackend(path, threads=threads)
-        return ort.infer, ort.session.get_providers()[0]
+        return ort.infer, ort.providers[0]
     from dymn_edge.runtime.backends.openvino import OpenVinoBackend
 
     ov = OpenVinoBackend(path, threads=threads, static_frames=frames)

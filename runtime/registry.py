@@ -113,10 +113,14 @@ def demo_clip_path() -> Path:
     return Path(str(resources.files(__package__).joinpath("assets", "demo", "humpback_whale.flac")))
 
 
+def _embedded_models_dir() -> Path:
+    """The package-data folder that holds the embedded bundles."""
+    return Path(str(resources.files(__package__).joinpath("assets", "models")))
+
+
 def is_embedded_bundle(path: Path) -> bool:
     """Whether ``path`` is one of the bundles shipped inside the package (which commands must not modify)."""
-    shipped = Path(str(resources.files(__package__).joinpath("assets", "models"))).resolve()
-    return Path(path).resolve().parent == shipped
+    return Path(path).resolve().parent == _embedded_models_dir().resolve()
 
 
 def embedded_bundle_path(name: str = DEFAULT_MODEL) -> Path:
@@ -124,4 +128,4 @@ def embedded_bundle_path(name: str = DEFAULT_MODEL) -> Path:
     card = get_card(name)
     if not card.embedded:
         raise UnknownModelError(f"{name} is not embedded in the package; fetch it with `dymn-edge fetch {name}`")
-    return Path(str(resources.files(__package__).joinpath("assets", "models", name)))
+    return _embedded_models_dir() / name
